@@ -1,0 +1,661 @@
+package authz
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// OAuth2 grant types.
+const (
+	GrantPassword          = "password"
+	GrantRefreshToken      = "refresh_token"
+	GrantClientCredentials = "client_credentials"
+	GrantAuthorizationCode = "authorization_code"
+)
+
+var knownGrantTypes = []string{GrantPassword, GrantRefreshToken, GrantClientCredentials, GrantAuthorizationCode}
+
+// authCodeTTL is how long an authorization code lives (RFC 6749 §4.1.2
+// recommends at most 10 minutes; we take 60 seconds).
+const authCodeTTL = 60 * time.Second
+
+// ClientSpec describes an OAuth2 client to register.
+type ClientSpec struct {
+	ID           string   `json:"client_id,omitempty"` // default: generated
+	Name         string   `json:"name,omitempty"`
+	RedirectURIs []string `json:"redirect_uris,omitempty"`
+	GrantTypes   []string `json:"grant_types,omitempty"` // default: authorization_code, refresh_token
+	Scopes       []string `json:"scopes,omitempty"`
+	// Public clients (native and browser apps) have no secret and must use PKCE.
+	Public     bool   `json:"public,omitempty"`
+	FirstParty bool   `json:"first_party,omitempty"`
+	Subject    string `json:"subject,omitempty"` // default: clients/<id>
+}
+
+// Client is a registered client as shown to administrators (no secret).
+type Client struct {
+	ID           string    `json:"client_id"`
+	Name         string    `json:"name,omitempty"`
+	RedirectURIs []string  `json:"redirect_uris"`
+	GrantTypes   []string  `json:"grant_types"`
+	Scopes       []string  `json:"scopes"`
+	Public       bool      `json:"public"`
+	FirstParty   bool      `json:"first_party"`
+	Subject      string    `json:"subject"`
+	CreatedAt    time.Time `json:"created_at"`
+}
+
+func (c *ClientRecord) public() Client {
+	return Client{
+		ID: c.ID, Name: c.Name, RedirectURIs: nonNil(c.RedirectURIs), GrantTypes: nonNil(c.GrantTypes),
+		Scopes: nonNil(c.Scopes), Public: c.SecretDigest == "", FirstParty: c.FirstParty,
+		Subject: c.subject(), CreatedAt: c.CreatedAt,
+	}
+}
+
+func (c *ClientRecord) subject() string {
+	if c.Subject != "" {
+		return c.Subject
+	}
+	return "clients/" + c.ID
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// RegisterClient registers an OAuth2 client. For a confidential client it
+// returns the secret, once; only its digest is stored.
+func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, Client, Revision, error) {
+	if spec.ID == "" {
+		spec.ID = randomID(10)
+	}
+	var errs []error
+	if err := validateID("client_id", spec.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if len(spec.Name) > 200 {
+		errs = append(errs, invalid("name", "longer than 200 bytes"))
+	}
+	if len(spec.GrantTypes) == 0 {
+		spec.GrantTypes = []string{GrantAuthorizationCode, GrantRefreshToken}
+	}
+	for _, g := range spec.GrantTypes {
+		if !slices.Contains(knownGrantTypes, g) {
+			errs = append(errs, invalid("grant_types", "unknown grant type "+quote(g)))
+		}
+	}
+	if spec.Public && slices.Contains(spec.GrantTypes, GrantClientCredentials) {
+		errs = append(errs, invalid("grant_types", "a public client cannot use client_credentials"))
+	}
+	if slices.Contains(spec.GrantTypes, GrantAuthorizationCode) && len(spec.RedirectURIs) == 0 {
+		errs = append(errs, invalid("redirect_uris", "required for the authorization_code grant"))
+	}
+	for _, u := range spec.RedirectURIs {
+		if err := validateRedirectURI(u); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	scopes, err := canonicalScopes(spec.Scopes)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	if spec.Subject != "" {
+		if _, err := ParseResource(spec.Subject); err != nil {
+			errs = append(errs, fmt.Errorf("subject: %w", err))
+		}
+	}
+	if len(errs) > 0 {
+		return "", Client{}, 0, errors.Join(errs...)
+	}
+	rec := ClientRecord{
+		ID: spec.ID, Name: spec.Name, RedirectURIs: spec.RedirectURIs, GrantTypes: spec.GrantTypes,
+		Scopes: scopes, Subject: spec.Subject, FirstParty: spec.FirstParty, CreatedAt: s.now().UTC().Truncate(time.Millisecond),
+	}
+	var secret string
+	if !spec.Public {
+		secret = randomString(32)
+		rec.SecretDigest = digestOf(secret).hex()
+	}
+	rev, err := s.store.CreateClient(ctx, rec)
+	if err != nil {
+		return "", Client{}, 0, fmt.Errorf("register client: %w", err)
+	}
+	return secret, rec.public(), rev, nil
+}
+
+// validateRedirectURI accepts absolute https URIs, http on loopback (RFC
+// 8252 §7.3) and private-use schemes of native apps (a scheme with a dot);
+// never a fragment.
+func validateRedirectURI(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(raw, "#") || len(raw) > 2000 {
+		return invalid("redirect_uris", quote(raw)+" must be an absolute URI without a fragment")
+	}
+	switch {
+	case u.Scheme == "https" && u.Host != "":
+	case u.Scheme == "http" && (u.Hostname() == "127.0.0.1" || u.Hostname() == "::1" || u.Hostname() == "localhost"):
+	case strings.Contains(u.Scheme, "."):
+	default:
+		return invalid("redirect_uris", quote(raw)+" must use https (http only on loopback)")
+	}
+	return nil
+}
+
+// Client returns a registered client, or ErrNotFound.
+func (s *Service) Client(ctx context.Context, id string) (Client, error) {
+	if err := validateID("client_id", id); err != nil {
+		return Client{}, err
+	}
+	rec, err := s.store.Client(ctx, id)
+	if err != nil {
+		return Client{}, fmt.Errorf("get client: %w", err)
+	}
+	return rec.public(), nil
+}
+
+// Clients lists the registered clients by id.
+func (s *Service) Clients(ctx context.Context) ([]Client, error) {
+	recs, err := s.store.Clients(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list clients: %w", err)
+	}
+	slices.SortFunc(recs, func(a, b ClientRecord) int { return strings.Compare(a.ID, b.ID) })
+	out := make([]Client, len(recs))
+	for i := range recs {
+		out[i] = recs[i].public()
+	}
+	return out, nil
+}
+
+// DeleteClient deletes a client; tokens issued to it as a subject stop working.
+func (s *Service) DeleteClient(ctx context.Context, id string) (Revision, error) {
+	if err := validateID("client_id", id); err != nil {
+		return 0, err
+	}
+	rev, err := s.store.DeleteClient(ctx, id)
+	if err != nil {
+		return 0, fmt.Errorf("delete client: %w", err)
+	}
+	s.gens.bump(slotClient, id)
+	return rev, nil
+}
+
+// TokenRequest is the form of an OAuth2 token request. The HTTP layer puts
+// client credentials from Basic auth or the form into ClientID/ClientSecret.
+type TokenRequest struct {
+	GrantType    string
+	Username     string
+	Password     string
+	Scope        string // space-separated
+	ClientID     string
+	ClientSecret string
+	Code         string
+	RedirectURI  string
+	CodeVerifier string
+	RefreshToken string
+	// LoginToken asks for a stored, revocable login token (for cookie
+	// sessions) as the access token instead of a session JWT.
+	LoginToken bool
+}
+
+// TokenResponse is a successful token response (RFC 6749 §5.1).
+type TokenResponse struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int64  `json:"expires_in"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+	Scope        string `json:"scope"`
+	// Subject the tokens act as; UserID when it is a user.
+	Subject  string   `json:"-"`
+	UserID   string   `json:"-"`
+	Revision Revision `json:"-"`
+}
+
+// RequestToken runs an OAuth2 grant: password, refresh_token,
+// client_credentials or authorization_code. Failures are *OAuthError
+// (RFC 6749 §5.2) except store failures, which are ErrUnavailable.
+func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	switch req.GrantType {
+	case GrantPassword:
+		return s.passwordGrant(ctx, req)
+	case GrantRefreshToken:
+		return s.refreshGrant(ctx, req)
+	case GrantClientCredentials:
+		return s.clientCredentialsGrant(ctx, req)
+	case GrantAuthorizationCode:
+		return s.authorizationCodeGrant(ctx, req)
+	case "":
+		return TokenResponse{}, oauthError("invalid_request", "grant_type is required")
+	default:
+		return TokenResponse{}, oauthError("unsupported_grant_type", "grant type "+quote(req.GrantType)+" is not supported")
+	}
+}
+
+// dummySecretDigest is compared against when a client id is unknown, so
+// timing does not reveal which clients exist.
+var dummySecretDigest = digestOf("portcullis-no-such-client").hex()
+
+// authenticateClient checks client credentials. With required=false an
+// absent client id is allowed (contaxy's password grant has no client).
+func (s *Service) authenticateClient(ctx context.Context, id, secret, grant string, required bool) (*ClientRecord, error) {
+	if id == "" {
+		if required {
+			return nil, oauthError("invalid_client", "client authentication required")
+		}
+		return nil, nil
+	}
+	if validateID("client_id", id) != nil {
+		return nil, oauthError("invalid_client", "client authentication failed")
+	}
+	rec, err := s.store.Client(ctx, id)
+	if err != nil && !isNotFound(err) {
+		return nil, fmt.Errorf("authenticate client: %w", err)
+	}
+	want := dummySecretDigest
+	if err == nil && rec.SecretDigest != "" {
+		want = rec.SecretDigest
+	}
+	got := digestOf(secret).hex()
+	match := subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+	switch {
+	case err != nil:
+		return nil, oauthError("invalid_client", "client authentication failed")
+	case rec.SecretDigest != "" && !match:
+		return nil, oauthError("invalid_client", "client authentication failed")
+	case rec.SecretDigest == "" && secret != "":
+		return nil, oauthError("invalid_client", "public client must not send a secret")
+	}
+	if grant != "" && !slices.Contains(rec.GrantTypes, grant) {
+		return nil, oauthError("unauthorized_client", "client is not allowed to use the "+grant+" grant")
+	}
+	return &rec, nil
+}
+
+// AuthenticateClient checks a confidential client's credentials for the
+// endpoints that accept client authentication besides the token endpoint
+// (revoke, introspect). Failures are *OAuthError invalid_client.
+func (s *Service) AuthenticateClient(ctx context.Context, id, secret string) (Client, error) {
+	rec, err := s.authenticateClient(ctx, id, secret, "", true)
+	if err != nil {
+		return Client{}, err
+	}
+	if rec.SecretDigest == "" {
+		return Client{}, oauthError("invalid_client", "a public client cannot authenticate")
+	}
+	return rec.public(), nil
+}
+
+func parseScopeParam(scope string) ([]string, error) {
+	fields := strings.Fields(scope)
+	if len(fields) > maxScopes {
+		return nil, oauthError("invalid_scope", fmt.Sprintf("more than %d scopes", maxScopes))
+	}
+	out, err := canonicalScopes(fields)
+	if err != nil {
+		return nil, oauthError("invalid_scope", err.Error())
+	}
+	return out, nil
+}
+
+// subjectHolds reports whether subject's resolved grants cover every scope.
+func (s *Service) subjectHolds(ctx context.Context, subject string, scopes []string) (string, error) {
+	se, _, err := s.subjectGrants(ctx, subject, "", true, 0)
+	if err != nil {
+		return "", err
+	}
+	for _, sc := range scopes {
+		p, _ := ParsePermission(sc)
+		if p.Resource == "*" && p.Level == LevelAdmin {
+			continue // the unrestricted scope: the subject's grants still bound it
+		}
+		if _, _, ok := se.lookup(p); !ok {
+			return sc, nil
+		}
+	}
+	return "", nil
+}
+
+// defaultLoginScopes is the scope of a login without an explicit scope:
+// the token does not narrow what the user's own grants allow.
+var defaultLoginScopes = []string{"*#admin"}
+
+func (s *Service) passwordGrant(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	client, err := s.authenticateClient(ctx, req.ClientID, req.ClientSecret, GrantPassword, false)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	if req.Username == "" || req.Password == "" {
+		return TokenResponse{}, oauthError("invalid_request", "username and password are required")
+	}
+	user, err := s.Authenticate(ctx, req.Username, req.Password)
+	if err != nil {
+		if errors.Is(err, ErrUnauthenticated) {
+			return TokenResponse{}, oauthError("invalid_grant", "invalid username or password")
+		}
+		return TokenResponse{}, err
+	}
+	scopes, err := parseScopeParam(req.Scope)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	if len(scopes) == 0 {
+		scopes = defaultLoginScopes
+	}
+	subject := UserSubject(user.ID)
+	if missing, err := s.subjectHolds(ctx, subject, scopes); err != nil {
+		return TokenResponse{}, err
+	} else if missing != "" {
+		return TokenResponse{}, oauthError("invalid_scope", "scope "+missing+" is not granted to the user")
+	}
+	clientID := ""
+	if client != nil {
+		clientID = client.ID
+	}
+	resp, err := s.issueTokens(ctx, subject, scopes, clientID, "", req.LoginToken, true)
+	if err == nil {
+		s.touchUser(ctx, user.ID)
+	}
+	return resp, err
+}
+
+// issueTokens issues an access token (a session JWT, or a stored login
+// token) and, with refresh, a refresh token of a new family (family == "")
+// or of the given one.
+func (s *Service) issueTokens(ctx context.Context, subject string, scopes []string, clientID, family string, loginToken, refresh bool) (TokenResponse, error) {
+	resp := TokenResponse{TokenType: "bearer", Scope: strings.Join(scopes, " "), Subject: subject}
+	resp.UserID, _ = subjectIDs(subject)
+	if loginToken {
+		exp := s.now().Add(s.cfg.LoginTokenTTL).UTC()
+		tok, _, rev, err := s.IssueToken(ctx, TokenSpec{Subject: subject, Scopes: scopes, Type: TokenTypeAPI, Purpose: PurposeLogin, ExpiresAt: &exp, ClientID: clientID})
+		if err != nil {
+			return TokenResponse{}, err
+		}
+		resp.AccessToken, resp.ExpiresIn, resp.Revision = tok, int64(s.cfg.LoginTokenTTL/time.Second), rev
+	} else {
+		tok, _, _, err := s.IssueToken(ctx, TokenSpec{Subject: subject, Scopes: scopes, Type: TokenTypeSession, Purpose: PurposeLogin, ClientID: clientID})
+		if err != nil {
+			return TokenResponse{}, err
+		}
+		resp.AccessToken, resp.ExpiresIn = tok, int64(s.cfg.SessionTTL/time.Second)
+	}
+	if refresh && family == "" {
+		secret, rec := s.newRefreshToken(subject, scopes, clientID, "")
+		rev, err := s.store.CreateToken(ctx, rec)
+		if err != nil {
+			return TokenResponse{}, fmt.Errorf("create refresh token: %w", err)
+		}
+		resp.RefreshToken, resp.Revision = secret, max(resp.Revision, rev)
+	}
+	return resp, nil
+}
+
+func (s *Service) newRefreshToken(subject string, scopes []string, clientID, family string) (string, TokenRecord) {
+	secret := randomString(32)
+	now := s.now().UTC().Truncate(time.Millisecond)
+	exp := now.Add(s.cfg.RefreshTTL)
+	rec := TokenRecord{
+		ID: randomID(10), Digest: digestOf(secret).hex(), Type: TokenTypeAPI, Purpose: PurposeRefresh,
+		Subject: subject, Scopes: scopes, CreatedAt: now, ExpiresAt: &exp, ClientID: clientID, Family: family,
+	}
+	if rec.Family == "" {
+		rec.Family = rec.ID
+	}
+	return secret, rec
+}
+
+func (s *Service) refreshGrant(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	if req.RefreshToken == "" || len(req.RefreshToken) > maxTokenLen {
+		return TokenResponse{}, oauthError("invalid_request", "refresh_token is required")
+	}
+	rec, err := s.store.Token(ctx, digestOf(req.RefreshToken).hex())
+	if isNotFound(err) {
+		return TokenResponse{}, oauthError("invalid_grant", "refresh token is invalid, expired or revoked")
+	}
+	if err != nil {
+		return TokenResponse{}, fmt.Errorf("read refresh token: %w", err)
+	}
+	if rec.Purpose != PurposeRefresh || (rec.ExpiresAt != nil && !s.now().Before(*rec.ExpiresAt)) {
+		return TokenResponse{}, oauthError("invalid_grant", "refresh token is invalid, expired or revoked")
+	}
+	// The token must be presented by the client it was issued to.
+	if rec.ClientID != "" || req.ClientID != "" {
+		if req.ClientID != rec.ClientID {
+			return TokenResponse{}, oauthError("invalid_grant", "refresh token was issued to another client")
+		}
+		if _, err := s.authenticateClient(ctx, req.ClientID, req.ClientSecret, GrantRefreshToken, true); err != nil {
+			return TokenResponse{}, err
+		}
+	}
+	if rec.Used {
+		return TokenResponse{}, s.refreshReuse(ctx, rec)
+	}
+	if id, _ := subjectIDs(rec.Subject); id != "" {
+		u, err := s.store.User(ctx, id)
+		if isNotFound(err) || (err == nil && u.Disabled) {
+			return TokenResponse{}, oauthError("invalid_grant", "the token's user is disabled or gone")
+		}
+		if err != nil {
+			return TokenResponse{}, fmt.Errorf("read user: %w", err)
+		}
+	}
+	scopes := rec.Scopes
+	if req.Scope != "" {
+		asked, err := parseScopeParam(req.Scope)
+		if err != nil {
+			return TokenResponse{}, err
+		}
+		for _, a := range asked {
+			if !slices.Contains(rec.Scopes, a) {
+				return TokenResponse{}, oauthError("invalid_scope", "scope "+a+" exceeds the original grant")
+			}
+		}
+		scopes = asked
+	}
+	secret, next := s.newRefreshToken(rec.Subject, rec.Scopes, rec.ClientID, rec.Family)
+	rev, err := s.store.RotateToken(ctx, rec, next)
+	switch {
+	case errors.Is(err, ErrConflict):
+		return TokenResponse{}, s.refreshReuse(ctx, rec)
+	case isNotFound(err):
+		return TokenResponse{}, oauthError("invalid_grant", "refresh token is invalid, expired or revoked")
+	case err != nil:
+		return TokenResponse{}, fmt.Errorf("rotate refresh token: %w", err)
+	}
+	resp, err := s.issueTokens(ctx, rec.Subject, scopes, rec.ClientID, rec.Family, req.LoginToken, false)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	resp.RefreshToken, resp.Revision = secret, max(resp.Revision, rev)
+	return resp, nil
+}
+
+// refreshReuse handles a refresh token presented twice: somebody holds a
+// copy, so the whole family is revoked (RFC 9700 §4.14.2).
+func (s *Service) refreshReuse(ctx context.Context, rec TokenRecord) error {
+	if _, err := s.store.RevokeFamily(ctx, rec.Subject, rec.Family); err != nil {
+		return fmt.Errorf("revoke refresh token family: %w", err)
+	}
+	s.log.Warn("refresh token reuse detected; family revoked", "subject", rec.Subject, "family", rec.Family)
+	return oauthError("invalid_grant", "refresh token was already used; every token of this grant is revoked")
+}
+
+func (s *Service) clientCredentialsGrant(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	client, err := s.authenticateClient(ctx, req.ClientID, req.ClientSecret, GrantClientCredentials, true)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	if client.SecretDigest == "" {
+		return TokenResponse{}, oauthError("unauthorized_client", "a public client cannot use client_credentials")
+	}
+	scopes, err := parseScopeParam(req.Scope)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	if len(scopes) == 0 {
+		scopes = client.Scopes
+	}
+	allowed := parseScopes(client.Scopes)
+	for _, sc := range scopes {
+		p, _ := ParsePermission(sc)
+		if !slices.ContainsFunc(allowed, func(a Permission) bool { return a.Covers(p) }) {
+			return TokenResponse{}, oauthError("invalid_scope", "scope "+sc+" is not allowed for this client")
+		}
+	}
+	return s.issueTokens(ctx, client.subject(), scopes, client.ID, "", false, false)
+}
+
+// AuthorizeRequest is a validated request to the authorization endpoint,
+// approved by the signed-in Subject.
+type AuthorizeRequest struct {
+	ClientID            string
+	RedirectURI         string
+	Subject             string
+	Scopes              []string
+	CodeChallenge       string
+	CodeChallengeMethod string
+	Nonce               string
+}
+
+// AuthorizeClient checks that redirectURI is registered for the client
+// (exact match), so the HTTP layer knows whether it may redirect errors
+// there. ErrNotFound for an unknown client, ErrInvalid for a redirect URI
+// that is not registered.
+func (s *Service) AuthorizeClient(ctx context.Context, clientID, redirectURI string) (Client, error) {
+	c, err := s.Client(ctx, clientID)
+	if err != nil {
+		return Client{}, err
+	}
+	if redirectURI == "" && len(c.RedirectURIs) == 1 {
+		return c, nil
+	}
+	if !slices.Contains(c.RedirectURIs, redirectURI) {
+		return Client{}, invalid("redirect_uri", "not registered for this client")
+	}
+	return c, nil
+}
+
+// IssueAuthCode creates a single-use authorization code bound to the
+// client, the redirect URI and the PKCE challenge (S256 only); it expires
+// after 60 seconds.
+func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string, error) {
+	c, err := s.AuthorizeClient(ctx, r.ClientID, r.RedirectURI)
+	if err != nil {
+		return "", err
+	}
+	if !slices.Contains(c.GrantTypes, GrantAuthorizationCode) {
+		return "", oauthError("unauthorized_client", "client is not allowed to use the authorization_code grant")
+	}
+	if r.CodeChallengeMethod != "S256" {
+		return "", oauthError("invalid_request", "PKCE with code_challenge_method=S256 is required")
+	}
+	if !validPKCEValue(r.CodeChallenge, 43, 43) {
+		return "", oauthError("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)")
+	}
+	scopes, err := canonicalScopes(r.Scopes)
+	if err != nil {
+		return "", oauthError("invalid_scope", err.Error())
+	}
+	if len(scopes) == 0 {
+		scopes = c.Scopes
+	}
+	if len(c.Scopes) > 0 {
+		allowed := parseScopes(c.Scopes)
+		for _, sc := range scopes {
+			p, _ := ParsePermission(sc)
+			if !slices.ContainsFunc(allowed, func(a Permission) bool { return a.Covers(p) }) {
+				return "", oauthError("invalid_scope", "scope "+sc+" is not allowed for this client")
+			}
+		}
+	}
+	if len(scopes) == 0 {
+		scopes = defaultLoginScopes
+	}
+	if missing, err := s.subjectHolds(ctx, r.Subject, scopes); err != nil {
+		return "", err
+	} else if missing != "" {
+		return "", oauthError("invalid_scope", "scope "+missing+" is not granted to the user")
+	}
+	code := randomString(32)
+	ac := AuthCode{
+		ClientID: c.ID, RedirectURI: r.RedirectURI, Subject: r.Subject, Scopes: scopes,
+		CodeChallenge: r.CodeChallenge, Nonce: r.Nonce, ExpiresAt: s.now().Add(authCodeTTL).UTC(),
+	}
+	if err := s.store.PutAuthCode(ctx, digestOf(code).hex(), ac); err != nil {
+		return "", fmt.Errorf("store authorization code: %w", err)
+	}
+	return code, nil
+}
+
+// validPKCEValue checks length and the unreserved alphabet of RFC 7636 §4.1.
+func validPKCEValue(v string, minLen, maxLen int) bool {
+	if len(v) < minLen || len(v) > maxLen {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		b := v[i]
+		if !('a' <= b && b <= 'z' || 'A' <= b && b <= 'Z' || '0' <= b && b <= '9' || b == '-' || b == '.' || b == '_' || b == '~') {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Service) authorizationCodeGrant(ctx context.Context, req TokenRequest) (TokenResponse, error) {
+	if req.Code == "" || len(req.Code) > 512 {
+		return TokenResponse{}, oauthError("invalid_request", "code is required")
+	}
+	if req.ClientID == "" {
+		return TokenResponse{}, oauthError("invalid_client", "client_id is required")
+	}
+	client, err := s.authenticateClient(ctx, req.ClientID, req.ClientSecret, GrantAuthorizationCode, true)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	if !validPKCEValue(req.CodeVerifier, 43, 128) {
+		return TokenResponse{}, oauthError("invalid_grant", "a PKCE code_verifier of 43 to 128 characters is required")
+	}
+	// Taking the code consumes it, whatever happens next: a code is never
+	// good for a second try.
+	ac, err := s.store.TakeAuthCode(ctx, digestOf(req.Code).hex())
+	if isNotFound(err) {
+		return TokenResponse{}, oauthError("invalid_grant", "authorization code is invalid, expired or already used")
+	}
+	if err != nil {
+		return TokenResponse{}, fmt.Errorf("take authorization code: %w", err)
+	}
+	sum := sha256.Sum256([]byte(req.CodeVerifier))
+	challenge := base64.RawURLEncoding.EncodeToString(sum[:])
+	switch {
+	case !s.now().Before(ac.ExpiresAt):
+		return TokenResponse{}, oauthError("invalid_grant", "authorization code expired")
+	case ac.ClientID != client.ID:
+		return TokenResponse{}, oauthError("invalid_grant", "authorization code was issued to another client")
+	case ac.RedirectURI != req.RedirectURI:
+		return TokenResponse{}, oauthError("invalid_grant", "redirect_uri does not match the authorization request")
+	case subtle.ConstantTimeCompare([]byte(challenge), []byte(ac.CodeChallenge)) != 1:
+		return TokenResponse{}, oauthError("invalid_grant", "PKCE verification failed")
+	}
+	if id, _ := subjectIDs(ac.Subject); id != "" {
+		u, err := s.store.User(ctx, id)
+		if isNotFound(err) || (err == nil && u.Disabled) {
+			return TokenResponse{}, oauthError("invalid_grant", "the user is disabled or gone")
+		}
+		if err != nil {
+			return TokenResponse{}, fmt.Errorf("read user: %w", err)
+		}
+	}
+	refresh := slices.Contains(client.GrantTypes, GrantRefreshToken)
+	return s.issueTokens(ctx, ac.Subject, ac.Scopes, client.ID, "", false, refresh)
+}

@@ -1,0 +1,327 @@
+package authz
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Session JWT signing algorithms.
+const (
+	AlgEdDSA = "EdDSA"
+	AlgES256 = "ES256"
+	AlgHS256 = "HS256"
+)
+
+// hmacKeyID names the single HS256 key in token headers.
+const hmacKeyID = "hs256"
+
+// sessionClaims are the claims of a Portcullis session JWT.
+type sessionClaims struct {
+	jwt.RegisteredClaims
+	Scope    string `json:"scope,omitempty"`
+	Purpose  string `json:"token_purpose,omitempty"`
+	Epoch    uint64 `json:"sep"`
+	ClientID string `json:"client_id,omitempty"`
+}
+
+// PublicKey is a session verification key, for publishing as a JWKS.
+type PublicKey struct {
+	ID        string
+	Algorithm string
+	Key       crypto.PublicKey
+}
+
+type verifyKey struct {
+	alg string
+	key any
+}
+
+// keyring holds the keys that sign and verify session JWTs. With an HMAC
+// secret it is static; otherwise keys live in the store, so every replica
+// signs with the same newest key and verifies with all unexpired ones.
+type keyring struct {
+	s *Service
+
+	mu        sync.RWMutex
+	signKID   string
+	signAlg   string
+	signKey   any
+	verify    map[string]verifyKey
+	parser    *jwt.Parser
+	lastLoad  time.Time
+	reloading sync.Mutex
+}
+
+func newKeyring(ctx context.Context, s *Service) (*keyring, error) {
+	k := &keyring{s: s}
+	if s.cfg.HMACSecret != nil {
+		k.signKID, k.signAlg, k.signKey = hmacKeyID, AlgHS256, s.cfg.HMACSecret
+		k.verify = map[string]verifyKey{hmacKeyID: {alg: AlgHS256, key: s.cfg.HMACSecret}}
+		k.parser = k.newParser([]string{AlgHS256})
+		return k, nil
+	}
+	if err := k.reload(ctx); err != nil {
+		return nil, err
+	}
+	k.mu.RLock()
+	have := k.signKey != nil
+	k.mu.RUnlock()
+	if !have {
+		if _, err := s.RotateSigningKey(ctx); err != nil {
+			return nil, err
+		}
+		if err := k.reload(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
+}
+
+func (k *keyring) newParser(algs []string) *jwt.Parser {
+	return jwt.NewParser(
+		jwt.WithValidMethods(algs),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithIssuer(k.s.cfg.Issuer),
+		jwt.WithAudience(k.s.cfg.Audience),
+		jwt.WithStrictDecoding(),
+		jwt.WithLeeway(5*time.Second),
+		jwt.WithTimeFunc(k.s.now),
+	)
+}
+
+// reload reads the keys from the store.
+func (k *keyring) reload(ctx context.Context) error {
+	if k.s.cfg.HMACSecret != nil {
+		return nil
+	}
+	k.reloading.Lock()
+	defer k.reloading.Unlock()
+	stored, err := k.s.store.SigningKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("load signing keys: %w", err)
+	}
+	sort.Slice(stored, func(i, j int) bool {
+		if !stored[i].CreatedAt.Equal(stored[j].CreatedAt) {
+			return stored[i].CreatedAt.Before(stored[j].CreatedAt)
+		}
+		return stored[i].ID < stored[j].ID
+	})
+	verify := make(map[string]verifyKey, len(stored))
+	var signKID, signAlg string
+	var signKey any
+	algSet := map[string]bool{}
+	for _, sk := range stored {
+		priv, err := x509.ParsePKCS8PrivateKey(sk.PrivateKey)
+		if err != nil {
+			k.s.log.Warn("skipping unreadable signing key", "kid", sk.ID, "err", err)
+			continue
+		}
+		var pub any
+		switch p := priv.(type) {
+		case ed25519.PrivateKey:
+			if sk.Algorithm != AlgEdDSA {
+				continue
+			}
+			pub = p.Public()
+		case *ecdsa.PrivateKey:
+			if sk.Algorithm != AlgES256 || p.Curve != elliptic.P256() {
+				continue
+			}
+			pub = &p.PublicKey
+		default:
+			continue
+		}
+		verify[sk.ID] = verifyKey{alg: sk.Algorithm, key: pub}
+		algSet[sk.Algorithm] = true
+		if sk.RetiredAt == nil {
+			signKID, signAlg, signKey = sk.ID, sk.Algorithm, priv
+		}
+	}
+	algs := make([]string, 0, len(algSet))
+	for a := range algSet {
+		algs = append(algs, a)
+	}
+	sort.Strings(algs)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.verify = verify
+	if signKey != nil {
+		k.signKID, k.signAlg, k.signKey = signKID, signAlg, signKey
+	}
+	if len(algs) == 0 {
+		algs = []string{k.s.cfg.SessionSigningAlgorithm}
+	}
+	k.parser = k.newParser(algs)
+	k.lastLoad = time.Now()
+	return nil
+}
+
+func (k *keyring) sign(c *sessionClaims) (string, error) {
+	k.mu.RLock()
+	kid, alg, key := k.signKID, k.signAlg, k.signKey
+	k.mu.RUnlock()
+	if key == nil {
+		return "", errors.New("sign session: no signing key")
+	}
+	t := jwt.NewWithClaims(jwt.GetSigningMethod(alg), c)
+	t.Header["kid"] = kid
+	s, err := t.SignedString(key)
+	if err != nil {
+		return "", fmt.Errorf("sign session: %w", err)
+	}
+	return s, nil
+}
+
+// parse verifies a session JWT: pinned algorithms, a key chosen only among
+// our own keys by kid, required exp, iss and aud, strict base64.
+func (k *keyring) parse(ctx context.Context, token string) (*sessionClaims, error) {
+	c, err := k.parseOnce(token)
+	if errors.Is(err, errUnknownKID) {
+		// A key added by another replica may not have reached us yet.
+		k.mu.RLock()
+		stale := time.Since(k.lastLoad) > time.Second
+		k.mu.RUnlock()
+		if stale && k.reload(ctx) == nil {
+			c, err = k.parseOnce(token)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("session token: %w: %w", ErrUnauthenticated, err)
+	}
+	if c.ID == "" || c.Subject == "" {
+		return nil, fmt.Errorf("session token: %w: missing jti or sub", ErrUnauthenticated)
+	}
+	return c, nil
+}
+
+var errUnknownKID = errors.New("unknown key id")
+
+func (k *keyring) parseOnce(token string) (*sessionClaims, error) {
+	k.mu.RLock()
+	parser, verify := k.parser, k.verify
+	k.mu.RUnlock()
+	c := &sessionClaims{}
+	_, err := parser.ParseWithClaims(token, c, func(t *jwt.Token) (any, error) {
+		kid, _ := t.Header["kid"].(string)
+		vk, ok := verify[kid]
+		if !ok {
+			return nil, errUnknownKID
+		}
+		if t.Method.Alg() != vk.alg {
+			return nil, fmt.Errorf("algorithm %q does not match key %q", t.Method.Alg(), kid)
+		}
+		return vk.key, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// PublicKeys returns the keys that verify session JWTs (none with HS256,
+// whose key is secret).
+func (s *Service) PublicKeys() []PublicKey {
+	s.keys.mu.RLock()
+	defer s.keys.mu.RUnlock()
+	var out []PublicKey
+	for kid, vk := range s.keys.verify {
+		if vk.alg == AlgHS256 {
+			continue
+		}
+		out = append(out, PublicKey{ID: kid, Algorithm: vk.alg, Key: vk.key})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// RotateSigningKey generates a new signing key, stores it and makes it the
+// one every replica signs with. Older keys are retired: they keep verifying
+// the tokens they signed until those expire, and keys retired for longer
+// than a session lifetime are deleted. It returns the new key id.
+func (s *Service) RotateSigningKey(ctx context.Context) (string, error) {
+	if s.cfg.HMACSecret != nil {
+		return "", invalid("signing key", "HS256 sessions use the configured secret; rotate it in the configuration")
+	}
+	var priv crypto.Signer
+	var err error
+	switch s.cfg.SessionSigningAlgorithm {
+	case AlgES256:
+		priv, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	default:
+		_, priv, err = ed25519.GenerateKey(rand.Reader)
+	}
+	if err != nil {
+		return "", fmt.Errorf("generate signing key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return "", fmt.Errorf("encode signing key: %w", err)
+	}
+	now := s.now().UTC()
+	kid := strings.ToLower(now.Format("20060102")) + "-" + randomID(6)
+	if _, err := s.store.AddSigningKey(ctx, SigningKey{ID: kid, Algorithm: s.cfg.SessionSigningAlgorithm, PrivateKey: der, CreatedAt: now}); err != nil {
+		return "", fmt.Errorf("store signing key: %w", err)
+	}
+	existing, err := s.store.SigningKeys(ctx)
+	if err != nil {
+		return "", fmt.Errorf("load signing keys: %w", err)
+	}
+	for _, k := range existing {
+		switch {
+		case k.ID == kid:
+		case k.RetiredAt == nil:
+			k.RetiredAt = &now
+			if _, err := s.store.UpdateSigningKey(ctx, k); err != nil && !errors.Is(err, ErrNotFound) {
+				return "", fmt.Errorf("retire signing key %s: %w", k.ID, err)
+			}
+		case now.Sub(*k.RetiredAt) > s.cfg.SessionTTL+time.Minute:
+			if _, err := s.store.DeleteSigningKey(ctx, k.ID); err != nil {
+				return "", fmt.Errorf("delete signing key %s: %w", k.ID, err)
+			}
+		}
+	}
+	if s.keys != nil {
+		if err := s.keys.reload(ctx); err != nil {
+			return "", err
+		}
+	}
+	return kid, nil
+}
+
+// issueSession signs a session JWT for subject.
+func (s *Service) issueSession(subject string, scopes []string, purpose, clientID string, epoch uint64, ttl time.Duration) (token, jti string, exp time.Time, err error) {
+	now := s.now().Truncate(time.Second)
+	exp = now.Add(ttl)
+	jti = randomString(16)
+	c := &sessionClaims{
+		RegisteredClaims: jwt.RegisteredClaims{
+			Issuer:    s.cfg.Issuer,
+			Subject:   subject,
+			Audience:  jwt.ClaimStrings{s.cfg.Audience},
+			ExpiresAt: jwt.NewNumericDate(exp),
+			IssuedAt:  jwt.NewNumericDate(now),
+			NotBefore: jwt.NewNumericDate(now),
+			ID:        jti,
+		},
+		Scope:    strings.Join(scopes, " "),
+		Purpose:  purpose,
+		Epoch:    epoch,
+		ClientID: clientID,
+	}
+	token, err = s.keys.sign(c)
+	return token, jti, exp, err
+}

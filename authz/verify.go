@@ -1,0 +1,241 @@
+package authz
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"strings"
+	"time"
+)
+
+// TokenInfo is what may be disclosed about a token: never its secret.
+type TokenInfo struct {
+	ID          string     `json:"id"`
+	Type        string     `json:"token_type"`
+	Purpose     string     `json:"token_purpose,omitempty"`
+	Subject     string     `json:"subject"`
+	Scopes      []string   `json:"scopes"`
+	Description string     `json:"description,omitempty"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	ClientID    string     `json:"client_id,omitempty"`
+}
+
+// Access is contaxy's AuthorizedAccess: the outcome of a successful verify.
+// Resource and Level are those of the requested permission (empty when
+// none was asked for). Callers must treat its slices as read-only: they are
+// shared with the cache.
+type Access struct {
+	Subject  string    `json:"authorized_subject"`
+	Resource string    `json:"resource_name,omitempty"`
+	Level    string    `json:"access_level,omitempty"`
+	Token    TokenInfo `json:"access_token"`
+	// Revision is the store revision the decision is at least as fresh as.
+	Revision Revision `json:"-"`
+	// Explanation is set when VerifyOptions.Explain was asked for.
+	Explanation *Explanation `json:"explanation,omitempty"`
+
+	key digest     // the token's digest, to re-check the caller later without its secret
+	p   *principal // the resolved token, for the same purpose
+}
+
+// Explanation says why a decision went the way it did.
+type Explanation struct {
+	Allowed bool `json:"allowed"`
+	// Scope is the token scope that covers the permission ("" if none does).
+	Scope string `json:"scope,omitempty"`
+	// Grant is the base permission that covers it, held by Holder, reached
+	// from the subject through the roles in Via (empty: held directly).
+	Grant  string   `json:"grant,omitempty"`
+	Holder string   `json:"holder,omitempty"`
+	Via    []string `json:"via,omitempty"`
+	// Missing names what was lacking on a denial: "scope" or "grant".
+	Missing string `json:"missing,omitempty"`
+	Reason  string `json:"reason"`
+}
+
+// DeniedError is returned when a valid token lacks the permission. It
+// matches ErrPermissionDenied with errors.Is and carries the explanation.
+type DeniedError struct {
+	Explanation *Explanation
+}
+
+func (e *DeniedError) Error() string { return "permission denied: " + e.Explanation.Reason }
+
+// Is makes errors.Is(err, ErrPermissionDenied) true.
+func (e *DeniedError) Is(target error) bool { return target == ErrPermissionDenied }
+
+// VerifyOptions modify a verification.
+type VerifyOptions struct {
+	// AtLeastRevision demands a decision at least as fresh as this store
+	// revision (a consistency token returned by a write): cached entries
+	// older than it are bypassed.
+	AtLeastRevision Revision
+	// NoCache reads everything from the store (contaxy's use_cache=false).
+	NoCache bool
+	// Explain fills Access.Explanation, or the DeniedError's explanation.
+	Explain bool
+}
+
+// maxTokenLen bounds the token strings we are willing to hash or parse.
+const maxTokenLen = 8192
+
+var errNoToken = fmt.Errorf("%w: no token", ErrUnauthenticated)
+
+// VerifyAccess is contaxy's verify_access: token must be valid (else
+// ErrUnauthenticated); with a permission, one of the token's scopes and the
+// subject's resolved grants must both grant it (else a *DeniedError). A bad
+// permission is ErrInvalid.
+func (s *Service) VerifyAccess(ctx context.Context, token, permission string, opt VerifyOptions) (Access, error) {
+	if token == "" {
+		return Access{}, errNoToken
+	}
+	if len(token) > maxTokenLen {
+		return Access{}, fmt.Errorf("%w: token longer than %d bytes", ErrUnauthenticated, maxTokenLen)
+	}
+	d := digestOf(token)
+	if !opt.NoCache && !opt.Explain {
+		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission &&
+			s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(s.now()) {
+			if e.err != nil {
+				return Access{}, e.err
+			}
+			return e.access, nil
+		}
+	}
+	return s.verifySlow(ctx, token, d, permission, opt)
+}
+
+var decisionSeed = maphash.MakeSeed()
+
+func decisionKey(d digest, permission string) uint64 {
+	return d.key64() ^ maphash.String(decisionSeed, permission)
+}
+
+// verifyDigest re-checks an earlier verified caller for another permission
+// without its secret: only cached state can be used, so a miss re-reads the
+// token by digest.
+func (s *Service) verifyDigest(ctx context.Context, a Access, permission string) error {
+	if e, ok := s.decisions.Get(decisionKey(a.key, permission)); ok && e.key == a.key && e.perm == permission &&
+		s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, 0) && e.live(s.now()) {
+		return e.err
+	}
+	if a.p == nil {
+		// Not a verified token (e.g. an authenticated client): it holds nothing.
+		return fmt.Errorf("%w: the caller has no grants", ErrPermissionDenied)
+	}
+	_, err := s.verifyResolved(ctx, "", a.key, a.p, permission, VerifyOptions{})
+	return err
+}
+
+// decisionEntry is a cached decision for (token digest, permission string).
+type decisionEntry struct {
+	key     digest
+	perm    string
+	access  Access
+	err     error // nil or a *DeniedError
+	expires time.Time
+	epoch   uint64
+	deps    []dep
+	rev     Revision
+}
+
+func (e *decisionEntry) live(now time.Time) bool { return e.expires.IsZero() || now.Before(e.expires) }
+
+func (s *Service) verifySlow(ctx context.Context, token string, d digest, permission string, opt VerifyOptions) (Access, error) {
+	return s.verifyResolved(ctx, token, d, nil, permission, opt)
+}
+
+// verifyResolved decides from the store and the caches. known, when set, is
+// an earlier resolution of the same token (used when the secret is gone).
+func (s *Service) verifyResolved(ctx context.Context, token string, d digest, known *principal, permission string, opt VerifyOptions) (Access, error) {
+	var req Permission
+	if permission != "" {
+		var err error
+		if req, err = ParsePermission(permission); err != nil {
+			return Access{}, err
+		}
+	}
+	epoch := s.gens.epoch.Load()
+	useCache := !opt.NoCache
+	p, se, err := s.resolve(ctx, token, d, known, useCache, opt.AtLeastRevision)
+	if err != nil {
+		return Access{}, err
+	}
+	acc, expl, err := s.decide(p, se, req, permission != "")
+	if err != nil && !errors.Is(err, ErrPermissionDenied) {
+		return Access{}, err
+	}
+	acc.key, acc.p = d, p
+	rev := min(p.rev, se.rev)
+	acc.Revision = max(rev, s.watch.applied.Load())
+	if useCache && s.watch.healthy.Load() {
+		deps := make([]dep, 0, len(p.deps)+len(se.deps))
+		deps = append(append(deps, p.deps...), se.deps...)
+		e := &decisionEntry{key: d, perm: permission, access: acc, err: err, epoch: epoch, deps: deps, rev: rev, expires: p.expires}
+		s.decisions.Set(decisionKey(d, permission), e, int64(200+len(permission)+16*len(deps)), jitterTTL(s.cfg.CacheTTL))
+	}
+	if opt.Explain {
+		if err != nil {
+			var de *DeniedError
+			errors.As(err, &de)
+			de.Explanation = expl
+		}
+		acc.Explanation = expl
+	}
+	return acc, err
+}
+
+// decide combines a resolved token and subject into a decision.
+func (s *Service) decide(p *principal, se *subjectEntry, req Permission, hasPerm bool) (Access, *Explanation, error) {
+	if !p.expires.IsZero() && !s.now().Before(p.expires) {
+		return Access{}, nil, fmt.Errorf("%w: token expired", ErrUnauthenticated)
+	}
+	if p.userID != "" {
+		switch {
+		case se.user == nil:
+			return Access{}, nil, fmt.Errorf("%w: the token's user no longer exists", ErrUnauthenticated)
+		case se.user.Disabled:
+			return Access{}, nil, fmt.Errorf("%w: user is disabled", ErrUnauthenticated)
+		case p.session && p.epoch != se.user.SessionEpoch:
+			return Access{}, nil, fmt.Errorf("%w: session ended (password changed or user disabled)", ErrUnauthenticated)
+		}
+	}
+	if se.clientMissing {
+		return Access{}, nil, fmt.Errorf("%w: the token's client no longer exists", ErrUnauthenticated)
+	}
+	acc := Access{Subject: p.subject, Token: p.info}
+	if !hasPerm {
+		return acc, &Explanation{Allowed: true, Reason: "valid token; no permission requested"}, nil
+	}
+	acc.Resource, acc.Level = req.Resource, req.Level.String()
+	expl := &Explanation{}
+	for _, sc := range p.scopes {
+		if sc.Covers(req) {
+			expl.Scope = sc.String()
+			break
+		}
+	}
+	if expl.Scope == "" {
+		expl.Missing = "scope"
+		expl.Reason = "no scope of the token grants " + req.String()
+		return acc, expl, &DeniedError{Explanation: expl}
+	}
+	res, held, ok := se.lookup(req)
+	if !ok {
+		expl.Missing = "grant"
+		expl.Reason = p.subject + " holds no grant covering " + req.String()
+		return acc, expl, &DeniedError{Explanation: expl}
+	}
+	expl.Allowed = true
+	expl.Grant = res + "#" + held.level.String()
+	expl.Holder = held.holder
+	expl.Via = held.via
+	if len(held.via) == 0 {
+		expl.Reason = "token scope " + expl.Scope + " and grant " + expl.Grant + " held by " + held.holder
+	} else {
+		expl.Reason = "token scope " + expl.Scope + " and grant " + expl.Grant + " held by " + held.holder + " via " + strings.Join(held.via, " → ")
+	}
+	return acc, expl, nil
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the whole configuration of `portcullis serve`. Every field can
+// be set in the YAML file (key = yaml tag), as an environment variable
+// (PORTCULLIS_ + upper-case key) and as a flag (key with '-' for '_').
+// Precedence: flags > environment > file > defaults.
+type Config struct {
+	Listen        string `yaml:"listen" help:"address of the API, OAuth2 endpoints and pages"`
+	MetricsListen string `yaml:"metrics_listen" help:"address of /metrics, /healthz and /readyz"`
+	DataDir       string `yaml:"data_dir" help:"directory of the embedded etcd (used when no etcd endpoints are given)"`
+
+	EtcdEndpoints    []string      `yaml:"etcd_endpoints" help:"comma-separated external etcd endpoints (empty: embedded etcd)"`
+	EtcdPrefix       string        `yaml:"etcd_prefix" help:"key prefix of all Portcullis data in etcd"`
+	EtcdUsername     string        `yaml:"etcd_username" help:"etcd user name"`
+	EtcdPassword     string        `yaml:"etcd_password" secret:"true" help:"etcd password"`
+	EtcdPasswordFile string        `yaml:"etcd_password_file" help:"file holding the etcd password"`
+	EtcdCAFile       string        `yaml:"etcd_ca_file" help:"CA bundle for etcd's TLS certificate"`
+	EtcdCertFile     string        `yaml:"etcd_cert_file" help:"TLS client certificate for etcd"`
+	EtcdKeyFile      string        `yaml:"etcd_key_file" help:"TLS client key for etcd"`
+	EtcdDialTimeout  time.Duration `yaml:"etcd_dial_timeout" help:"how long to wait for etcd at start"`
+
+	AdminPassword     string `yaml:"admin_password" secret:"true" help:"password of the admin user created on an empty store"`
+	AdminPasswordFile string `yaml:"admin_password_file" help:"file holding the admin password"`
+
+	AllowQueryToken  bool          `yaml:"allow_query_token" help:"accept the ct_token query parameter (insecure; contaxy compatibility)"`
+	MaxBodyBytes     int64         `yaml:"max_body_bytes" help:"largest accepted request body"`
+	OpenRegistration bool          `yaml:"open_registration" help:"let anyone create a user"`
+	SecureCookies    bool          `yaml:"secure_cookies" help:"always mark cookies Secure (TLS ends in front of Portcullis)"`
+	SessionTTL       time.Duration `yaml:"session_ttl" help:"lifetime of session JWTs"`
+	BcryptCost       int           `yaml:"bcrypt_cost" help:"bcrypt cost for passwords (10-16)"`
+	JWTSecretFile    string        `yaml:"jwt_secret_file" help:"file with an HS256 secret (contaxy compatibility); default: asymmetric keys in etcd"`
+	JWTIssuer        string        `yaml:"jwt_issuer" help:"issuer (iss) of session JWTs"`
+
+	LogFormat string `yaml:"log_format" help:"json or text"`
+	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
+}
+
+func defaultConfig() Config {
+	return Config{
+		Listen:          ":8080",
+		MetricsListen:   ":9090",
+		DataDir:         "./data",
+		EtcdPrefix:      "/portcullis/",
+		EtcdDialTimeout: 10 * time.Second,
+		MaxBodyBytes:    1 << 20,
+		SessionTTL:      time.Hour,
+		BcryptCost:      12,
+		JWTIssuer:       "portcullis",
+		LogFormat:       "json",
+		LogLevel:        "info",
+	}
+}
+
+// loadConfig builds the configuration from defaults, the file named by
+// --config (or PORTCULLIS_CONFIG), the environment and the flags in args.
+func loadConfig(name string, args []string, environ []string) (Config, error) {
+	cfg := defaultConfig()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	configFile := fs.String("config", "", "YAML configuration file")
+	setters := bindFlags(fs, &cfg)
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, "PORTCULLIS_") {
+			env[k] = v
+		}
+	}
+	file := *configFile
+	if file == "" {
+		file = env["PORTCULLIS_CONFIG"]
+	}
+	if file != "" {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			return cfg, fmt.Errorf("read config: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(raw, &cfg); err != nil {
+			return cfg, fmt.Errorf("config file %s: %w", file, err)
+		}
+	}
+	var errs []error
+	forEachField(&cfg, func(key string, v reflect.Value, _ reflect.StructField) {
+		if s, ok := env["PORTCULLIS_"+strings.ToUpper(key)]; ok {
+			if err := setValue(v, s); err != nil {
+				errs = append(errs, fmt.Errorf("PORTCULLIS_%s: %w", strings.ToUpper(key), err))
+			}
+		}
+	})
+	// Flags win: apply the ones given on the command line again, last.
+	fs.Visit(func(f *flag.Flag) {
+		if set, ok := setters[f.Name]; ok {
+			if err := set(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	})
+	return cfg, errors.Join(errs...)
+}
+
+// bindFlags defines a flag per field; parsed values are kept aside and
+// applied by the returned setters, so that flags override env and file.
+func bindFlags(fs *flag.FlagSet, cfg *Config) map[string]func() error {
+	setters := map[string]func() error{}
+	forEachField(cfg, func(key string, v reflect.Value, f reflect.StructField) {
+		name := strings.ReplaceAll(key, "_", "-")
+		var raw string
+		fs.Func(name, f.Tag.Get("help")+" (env PORTCULLIS_"+strings.ToUpper(key)+")", func(s string) error {
+			raw = s
+			return setValue(reflect.New(v.Type()).Elem(), s) // validate now, apply later
+		})
+		setters[name] = func() error {
+			if err := setValue(v, raw); err != nil {
+				return fmt.Errorf("--%s: %w", name, err)
+			}
+			return nil
+		}
+	})
+	return setters
+}
+
+func forEachField(cfg *Config, fn func(key string, v reflect.Value, f reflect.StructField)) {
+	rv := reflect.ValueOf(cfg).Elem()
+	rt := rv.Type()
+	for i := 0; i < rt.NumField(); i++ {
+		f := rt.Field(i)
+		key := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if key == "" || key == "-" {
+			continue
+		}
+		fn(key, rv.Field(i), f)
+	}
+}
+
+func setValue(v reflect.Value, s string) error {
+	switch v.Interface().(type) {
+	case string:
+		v.SetString(s)
+	case []string:
+		var parts []string
+		for _, p := range strings.Split(s, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		v.Set(reflect.ValueOf(parts))
+	case bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a boolean", s)
+		}
+		v.SetBool(b)
+	case int, int64:
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not an integer", s)
+		}
+		v.SetInt(n)
+	case time.Duration:
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration (e.g. 30s, 1h)", s)
+		}
+		v.SetInt(int64(d))
+	default:
+		return fmt.Errorf("unsupported type %s", v.Type())
+	}
+	return nil
+}
+
+// Validate reports every problem at once and has no side effects.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("listen: required"))
+	}
+	if c.MetricsListen == "" {
+		errs = append(errs, errors.New("metrics_listen: required"))
+	}
+	if len(c.EtcdEndpoints) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data_dir: required when no etcd_endpoints are given"))
+	}
+	if !strings.HasPrefix(c.EtcdPrefix, "/") || !strings.HasSuffix(c.EtcdPrefix, "/") {
+		errs = append(errs, fmt.Errorf("etcd_prefix %q: must start and end with /", c.EtcdPrefix))
+	}
+	if c.EtcdPassword != "" && c.EtcdPasswordFile != "" {
+		errs = append(errs, errors.New("etcd_password and etcd_password_file: give one"))
+	}
+	if c.AdminPassword != "" && c.AdminPasswordFile != "" {
+		errs = append(errs, errors.New("admin_password and admin_password_file: give one"))
+	}
+	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
+		errs = append(errs, errors.New("etcd_cert_file and etcd_key_file: give both or neither"))
+	}
+	if c.MaxBodyBytes < 1024 {
+		errs = append(errs, fmt.Errorf("max_body_bytes %d: must be at least 1024", c.MaxBodyBytes))
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		errs = append(errs, fmt.Errorf("log_format %q: want json or text", c.LogFormat))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}
+
+// secretFromFile returns value, or the trimmed contents of file when set.
+func secretFromFile(value, file string) (string, error) {
+	if file == "" {
+		return value, nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("read secret file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}

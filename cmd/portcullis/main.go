@@ -1,0 +1,88 @@
+// Command portcullis is the Portcullis authorization server and sidecar.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// version is stamped at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// Exit codes scripts can rely on.
+const (
+	exitOK     = 0
+	exitError  = 1
+	exitUsage  = 2
+	exitConfig = 3
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.Environ())
+	stop()
+	os.Exit(code)
+}
+
+const usage = `Portcullis: authorization server, forward-auth endpoint and sidecar.
+
+Usage:
+  portcullis serve [flags]     run the server (embedded etcd by default)
+  portcullis version           print the version
+
+Run 'portcullis serve -h' for the flags.
+`
+
+// configError marks errors caused by the configuration (exit code 3).
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ []string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		var cfg Config
+		cfg, err = loadConfig("portcullis serve", args[1:], environ)
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "portcullis: configuration: %v\n", err)
+			return exitConfig
+		}
+		err = serve(ctx, cfg, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "portcullis", version)
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "portcullis: unknown command %q\n\n%s", args[0], usage)
+		return exitUsage
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "portcullis: %v\n", err)
+		var ce configError
+		if errors.As(err, &ce) {
+			return exitConfig
+		}
+		return exitError
+	}
+	return exitOK
+}

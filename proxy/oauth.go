@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/portcullis/portcullis/authz"
+)
+
+// secretParams must never arrive in a URL: URLs are logged and leak through Referer.
+var secretParams = []string{"password", "client_secret", "refresh_token", "code", "code_verifier", "token"}
+
+// oauthForm parses an OAuth2 POST body (application/x-www-form-urlencoded),
+// refusing secrets in the query string and repeated parameters (RFC 6749 §3.2).
+func oauthForm(c echo.Context) (url.Values, error) {
+	req := c.Request()
+	for _, p := range secretParams {
+		if req.URL.Query().Has(p) {
+			return nil, oauthInvalid("invalid_request", p+" must be sent in the request body, not the URL")
+		}
+	}
+	ct := req.Header.Get("Content-Type")
+	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/x-www-form-urlencoded") && !strings.HasPrefix(strings.ToLower(ct), "multipart/form-data") {
+		return nil, oauthInvalid("invalid_request", "the body must be application/x-www-form-urlencoded")
+	}
+	if err := req.ParseForm(); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, err
+		}
+		return nil, oauthInvalid("invalid_request", "malformed form body")
+	}
+	if strings.HasPrefix(strings.ToLower(ct), "multipart/form-data") {
+		if err := req.ParseMultipartForm(1 << 20); err != nil {
+			return nil, oauthInvalid("invalid_request", "malformed form body")
+		}
+	}
+	form := req.PostForm
+	if req.MultipartForm != nil {
+		form = url.Values(req.MultipartForm.Value)
+	}
+	for k, v := range form {
+		if len(v) > 1 {
+			return nil, oauthInvalid("invalid_request", "parameter "+k+" given more than once")
+		}
+	}
+	return form, nil
+}
+
+func oauthInvalid(code, desc string) error {
+	return &oauthResponseError{status: http.StatusBadRequest, oe: &authz.OAuthError{Code: code, Description: desc}}
+}
+
+// clientCredentials reads client authentication from HTTP Basic
+// (client_secret_basic, form-urlencoded per RFC 6749 §2.3.1) or the form
+// (client_secret_post); using both is an error.
+func clientCredentials(req *http.Request, form url.Values) (id, secret string, basic bool, err error) {
+	if h := req.Header.Get("Authorization"); len(h) > 6 && strings.EqualFold(h[:6], "basic ") {
+		u, p, ok := req.BasicAuth()
+		if !ok {
+			return "", "", true, &oauthResponseError{status: http.StatusUnauthorized, basic: true, oe: &authz.OAuthError{Code: "invalid_client", Description: "malformed Basic credentials"}}
+		}
+		if id, err = url.QueryUnescape(u); err == nil {
+			secret, err = url.QueryUnescape(p)
+		}
+		if err != nil {
+			return "", "", true, &oauthResponseError{status: http.StatusUnauthorized, basic: true, oe: &authz.OAuthError{Code: "invalid_client", Description: "malformed Basic credentials"}}
+		}
+		if form.Get("client_secret") != "" || (form.Get("client_id") != "" && form.Get("client_id") != id) {
+			return "", "", true, oauthInvalid("invalid_request", "client credentials given twice")
+		}
+		return id, secret, true, nil
+	}
+	return form.Get("client_id"), form.Get("client_secret"), false, nil
+}
+
+// asOAuth turns authz's *OAuthError into an RFC 6749 §5.2 response.
+func asOAuth(err error, basic bool) error {
+	var oe *authz.OAuthError
+	if !errors.As(err, &oe) {
+		return err
+	}
+	status := http.StatusBadRequest
+	if oe.Code == "invalid_client" {
+		status = http.StatusUnauthorized
+	}
+	return &oauthResponseError{status: status, oe: oe, basic: basic && oe.Code == "invalid_client"}
+}
+
+func (s *Server) token(c echo.Context) error {
+	form, err := oauthForm(c)
+	if err != nil {
+		return err
+	}
+	id, secret, basic, err := clientCredentials(c.Request(), form)
+	if err != nil {
+		return err
+	}
+	setCookie := false
+	if v := form.Get("set_as_cookie"); v != "" {
+		switch v {
+		case "true", "True", "1":
+			setCookie = true
+		case "false", "False", "0":
+		default:
+			return oauthInvalid("invalid_request", "set_as_cookie must be true or false")
+		}
+	}
+	req := authz.TokenRequest{
+		GrantType: form.Get("grant_type"), Username: form.Get("username"), Password: form.Get("password"),
+		Scope: form.Get("scope"), ClientID: id, ClientSecret: secret, Code: form.Get("code"),
+		RedirectURI: form.Get("redirect_uri"), CodeVerifier: form.Get("code_verifier"),
+		RefreshToken: form.Get("refresh_token"), LoginToken: setCookie,
+	}
+	resp, err := s.svc.RequestToken(c.Request().Context(), req)
+	if err != nil {
+		return asOAuth(err, basic)
+	}
+	h := c.Response().Header()
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
+	setRevision(c, resp.Revision)
+	if setCookie {
+		secure := c.Request().TLS != nil || s.cfg.SecureCookies
+		c.SetCookie(&http.Cookie{Name: tokenCookie, Value: resp.AccessToken, Path: "/", HttpOnly: true, Secure: secure,
+			SameSite: http.SameSiteLaxMode, MaxAge: int(resp.ExpiresIn)})
+		if resp.UserID != "" {
+			c.SetCookie(&http.Cookie{Name: userCookie, Value: resp.UserID, Path: "/", Secure: secure,
+				SameSite: http.SameSiteLaxMode, MaxAge: int(resp.ExpiresIn)})
+		}
+	}
+	return c.JSON(http.StatusOK, resp)
+}
+
+// oauthCaller authenticates the caller of revoke and introspect: a bearer
+// token, or client credentials. Anonymous callers learn nothing.
+func (s *Server) oauthCaller(c echo.Context, form url.Values) (*authz.Access, error) {
+	id, secret, basic, err := clientCredentials(c.Request(), form)
+	if err != nil {
+		return nil, err
+	}
+	if id != "" {
+		cl, err := s.svc.AuthenticateClient(c.Request().Context(), id, secret)
+		if err != nil {
+			return nil, asOAuth(err, basic)
+		}
+		return &authz.Access{Subject: cl.Subject}, nil
+	}
+	acc, err := s.caller(c)
+	if err != nil {
+		return nil, err
+	}
+	return &acc, nil
+}
+
+func (s *Server) revoke(c echo.Context) error {
+	form, err := oauthForm(c)
+	if err != nil {
+		return err
+	}
+	caller, err := s.oauthCaller(c, form)
+	if err != nil {
+		return err
+	}
+	tok := form.Get("token")
+	if tok == "" {
+		return oauthInvalid("invalid_request", "token is required")
+	}
+	rev, err := s.svc.RevokeToken(c.Request().Context(), caller, tok)
+	if err != nil {
+		return err
+	}
+	setRevision(c, rev)
+	return c.NoContent(http.StatusOK)
+}
+
+func (s *Server) introspect(c echo.Context) error {
+	form, err := oauthForm(c)
+	if err != nil {
+		return err
+	}
+	if _, err := s.oauthCaller(c, form); err != nil {
+		return err
+	}
+	in, err := s.svc.Introspect(c.Request().Context(), form.Get("token"))
+	if err != nil {
+		return err
+	}
+	c.Response().Header().Set("Cache-Control", "no-store")
+	return c.JSON(http.StatusOK, in)
+}

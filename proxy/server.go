@@ -1,0 +1,191 @@
+// Package proxy is everything HTTP in Portcullis: the echo server, the
+// contaxy-compatible REST API, the OAuth2 endpoints and the AuthZEN API.
+// It calls authz for every decision and never touches the store itself.
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/portcullis/portcullis/authz"
+)
+
+// Config tunes the HTTP API.
+type Config struct {
+	// AllowQueryToken accepts the ct_token query parameter (contaxy; off by
+	// default because URLs end up in logs and Referer headers).
+	AllowQueryToken bool
+	// MaxBodyBytes bounds request bodies; larger ones get 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// OpenRegistration lets anyone create a user with POST /users.
+	OpenRegistration bool
+	// SecureCookies forces the Secure attribute on cookies even for plain
+	// HTTP requests (set it when TLS ends in front of Portcullis).
+	SecureCookies bool
+	Logger        *slog.Logger
+}
+
+// Server is the HTTP face of Portcullis. It is an http.Handler.
+type Server struct {
+	cfg  Config
+	svc  *authz.Service
+	log  *slog.Logger
+	echo *echo.Echo
+}
+
+// RevisionHeader carries the store revision a write committed at; clients
+// pass it back as at_least_revision to read their own writes.
+const RevisionHeader = "X-Portcullis-Revision"
+
+// New builds the server and registers every route.
+func New(svc *authz.Service, cfg Config) *Server {
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 1 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	// The connection's own address; forwarded headers are trusted only by
+	// the forward-auth layer, from configured proxies.
+	e.IPExtractor = echo.ExtractIPDirect()
+	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e}
+	e.HTTPErrorHandler = s.handleError
+	e.Use(withScope, s.limitBody)
+	s.routes()
+	return s
+}
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+
+// Routes lists the registered routes as "METHOD PATH", for the OpenAPI drift test.
+func (s *Server) Routes() []string {
+	var out []string
+	for _, r := range s.echo.Routes() {
+		if r.Method == echo.RouteNotFound {
+			continue
+		}
+		out = append(out, r.Method+" "+r.Path)
+	}
+	return out
+}
+
+func (s *Server) routes() {
+	e := s.echo
+	e.GET("/openapi.json", s.openAPI)
+
+	e.GET("/auth/tokens", s.listTokens)
+	e.POST("/auth/tokens", s.createToken)
+	e.DELETE("/auth/tokens/:id", s.deleteToken)
+	e.POST("/auth/tokens/verify", s.verify)
+
+	e.GET("/auth/permissions", s.listPermissions)
+	e.POST("/auth/permissions", s.addPermission)
+	e.DELETE("/auth/permissions", s.removePermission)
+	e.GET("/auth/resources", s.listResources)
+
+	e.POST("/auth/oauth/token", s.token)
+	e.POST("/auth/oauth/revoke", s.revoke)
+	e.POST("/auth/oauth/introspect", s.introspect)
+
+	e.GET("/users", s.listUsers)
+	e.POST("/users", s.createUser)
+	e.GET("/users/me", s.me)
+	e.GET("/users/:id", s.getUser)
+	e.PATCH("/users/:id", s.updateUser)
+	e.DELETE("/users/:id", s.deleteUser)
+	// contaxy's custom method: PUT /users/{id}:change-password. echo's
+	// router keeps ":change-password" in the id parameter.
+	e.PUT("/users/:id", s.changePassword)
+	e.GET("/users/:id/token", s.userToken)
+
+	e.POST("/access/v1/evaluation", s.evaluation)
+	e.POST("/access/v1/evaluations", s.evaluations)
+}
+
+// limitBody bounds request bodies; reading past the limit fails with
+// *http.MaxBytesError, which the error handler turns into 413.
+func (s *Server) limitBody(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		req := c.Request()
+		if req.ContentLength > s.cfg.MaxBodyBytes {
+			return &problemError{status: http.StatusRequestEntityTooLarge, msg: fmt.Sprintf("request body larger than %d bytes", s.cfg.MaxBodyBytes)}
+		}
+		if req.Body != nil {
+			req.Body = http.MaxBytesReader(c.Response(), req.Body, s.cfg.MaxBodyBytes)
+		}
+		return next(c)
+	}
+}
+
+// setRevision reports the revision a write committed at.
+func setRevision(c echo.Context, rev authz.Revision) {
+	if rev > 0 {
+		c.Response().Header().Set(RevisionHeader, strconv.FormatInt(rev, 10))
+	}
+}
+
+// queryBool parses contaxy's booleans: true/True/false/False (and 1/0).
+func queryBool(c echo.Context, name string, def bool) (bool, error) {
+	v := c.QueryParam(name)
+	switch v {
+	case "":
+		return def, nil
+	case "true", "True", "TRUE", "1":
+		return true, nil
+	case "false", "False", "FALSE", "0":
+		return false, nil
+	}
+	return false, badRequest(fmt.Sprintf("query parameter %s: %q is not a boolean (true or false)", name, v))
+}
+
+// queryOne returns a query parameter given at most once.
+func queryOne(c echo.Context, name string) (string, error) {
+	vs := c.QueryParams()[name]
+	if len(vs) > 1 {
+		return "", badRequest("query parameter " + name + " given more than once")
+	}
+	if len(vs) == 0 {
+		return "", nil
+	}
+	return vs[0], nil
+}
+
+func queryRequired(c echo.Context, name string) (string, error) {
+	v, err := queryOne(c, name)
+	if err != nil {
+		return "", err
+	}
+	if strings.TrimSpace(v) == "" {
+		return "", badRequest("query parameter " + name + " is required")
+	}
+	return v, nil
+}
+
+// readJSONString reads a body that is a single JSON string (contaxy sends
+// tokens and passwords that way). An empty body returns ok=false.
+func readJSONString(c echo.Context) (string, bool, error) {
+	body, err := io.ReadAll(c.Request().Body)
+	if err != nil {
+		return "", false, err
+	}
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return "", false, nil
+	}
+	var s string
+	if err := decodeStrict(body, &s); err != nil {
+		return "", false, badRequest("body must be a JSON string")
+	}
+	return s, true, nil
+}
+
+var errTrailing = errors.New("trailing data after JSON value")

@@ -1,0 +1,83 @@
+package etcdstore
+
+import (
+	"strings"
+	"time"
+)
+
+// The key layout, relative to the Store's prefix. docs/etcd-layout.md
+// documents it for operators; change both together, and bump SchemaVersion
+// for any change an older Portcullis would misread.
+const (
+	keySchema = "schema"
+
+	// grants/<resource>|<grant>: the resource holds the grant. Resources and
+	// grants never contain '|', so "grants/<resource>|" lists exactly the
+	// grants of one resource.
+	pfxGrants = "grants/"
+	// holders/<grant>|<resource>: reverse index of grants/, for
+	// ResourcesWithGrant. Written in the same transaction.
+	pfxHolders = "holders/"
+
+	pfxUsers  = "users/"  // users/<id>: authz.UserRecord
+	pfxLogins = "logins/" // logins/<lower-cased login id>: loginValue
+
+	pfxTokens        = "tokens/"         // tokens/<digest>: authz.TokenRecord
+	pfxTokenIDs      = "token-ids/"      // token-ids/<id>: digestValue
+	pfxSubjectTokens = "subject-tokens/" // subject-tokens/<subject>|<id>: digestValue
+	pfxFamilies      = "token-families/" // token-families/<family>: familyValue
+
+	pfxRevokedSessions = "revoked-sessions/" // revoked-sessions/<jti>: sessionValue, on a lease
+
+	pfxClients     = "clients/"      // clients/<id>: authz.ClientRecord
+	pfxAuthCodes   = "auth-codes/"   // auth-codes/<digest>: authz.AuthCode, on a lease
+	pfxSigningKeys = "signing-keys/" // signing-keys/<kid>: authz.SigningKey
+)
+
+// userSubjectPrefix is how a user appears as a subject and as a resource.
+const userSubjectPrefix = "users/"
+
+func grantKey(resource, grant string) string  { return pfxGrants + resource + "|" + grant }
+func grantsOf(resource string) string         { return pfxGrants + resource + "|" }
+func holderKey(grant, resource string) string { return pfxHolders + grant + "|" + resource }
+func holdersOf(grant string) string           { return pfxHolders + grant + "|" }
+
+func userKey(id string) string     { return pfxUsers + id }
+func loginKey(login string) string { return pfxLogins + strings.ToLower(login) }
+
+func tokenKey(digest string) string { return pfxTokens + digest }
+func tokenIDKey(id string) string   { return pfxTokenIDs + id }
+func subjectTokenKey(subject, id string) string {
+	return pfxSubjectTokens + subject + "|" + id
+}
+func subjectTokensOf(subject string) string { return pfxSubjectTokens + subject + "|" }
+func familyKey(family string) string        { return pfxFamilies + family }
+
+func sessionKey(jti string) string     { return pfxRevokedSessions + jti }
+func clientKey(id string) string       { return pfxClients + id }
+func authCodeKey(digest string) string { return pfxAuthCodes + digest }
+func signingKeyKey(kid string) string  { return pfxSigningKeys + kid }
+func userSubject(id string) string     { return userSubjectPrefix + id }
+
+// The small JSON values of index keys. Readers of grants/ and holders/
+// ignore the value entirely: an operator may write those keys by hand with
+// any value, even an empty one.
+type (
+	grantValue struct {
+		CreatedAt time.Time `json:"created_at"`
+	}
+	loginValue struct {
+		UserID string `json:"user_id"`
+	}
+	digestValue struct {
+		Digest string `json:"digest"`
+	}
+	familyValue struct {
+		Subject string `json:"subject"`
+	}
+	sessionValue struct {
+		ExpiresAt time.Time `json:"expires_at"`
+	}
+)
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Second) }

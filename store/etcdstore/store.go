@@ -1,0 +1,442 @@
+// Package etcdstore implements authz.Store on etcd v3, external or embedded.
+//
+// Every object is one or a few JSON values under a key prefix (see
+// docs/etcd-layout.md), so operators can read and repair them with etcdctl.
+// Every change that touches several keys is one etcd transaction, guarded by
+// compare-and-set conditions wherever concurrent writers could interleave.
+package etcdstore
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/namespace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/store/internal/etcdlog"
+)
+
+var _ authz.Store = (*Store)(nil)
+
+// Defaults applied by Open to zero Config fields.
+const (
+	DefaultPrefix         = "/portcullis/"
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultDialTimeout    = 5 * time.Second
+	DefaultMaxTxnOps      = 10000
+)
+
+// SchemaVersion is the version of the key layout this package reads and
+// writes. Open refuses a store written by a newer version.
+const SchemaVersion = 1
+
+// ErrCorrupt marks a stored value that cannot be decoded, typically one
+// written by hand. The error names the key.
+var ErrCorrupt = errors.New("corrupt stored value")
+
+// ErrTxnTooLarge is returned when a change would need more operations in
+// one etcd transaction than Config.MaxTxnOps or the etcd server's
+// --max-txn-ops allow. Nothing is written.
+var ErrTxnTooLarge = errors.New("change too large for one etcd transaction")
+
+// Config configures Open. Set either Client or Endpoints.
+type Config struct {
+	// Client is an existing client to use. The Store does not close it.
+	Client *clientv3.Client
+	// Endpoints, Username, Password, TLS and DialTimeout configure a client
+	// that Open creates and Close closes. DialTimeout defaults to
+	// DefaultDialTimeout.
+	Endpoints   []string
+	Username    string
+	Password    string
+	TLS         *tls.Config
+	DialTimeout time.Duration
+	// Logger receives the etcd client library's messages at LogLevel and
+	// above (nil: slog.Default() and slog.LevelError). Only used when Open
+	// creates the client.
+	Logger   *slog.Logger
+	LogLevel slog.Leveler
+
+	// Prefix is the key prefix under which everything is stored; it must
+	// start and end with "/". Default DefaultPrefix. Several Portcullis
+	// installations can share one etcd cluster under different prefixes.
+	Prefix string
+	// RequestTimeout bounds every Store call whose context has no deadline;
+	// default DefaultRequestTimeout. A call that runs out of it fails with
+	// authz.ErrUnavailable.
+	RequestTimeout time.Duration
+	// MaxTxnOps is the largest transaction the Store sends; default
+	// DefaultMaxTxnOps. It must not exceed the server's --max-txn-ops
+	// (etcd's default there is 128). A larger change fails with
+	// ErrTxnTooLarge instead of being split, which would break atomicity.
+	MaxTxnOps int
+}
+
+// Validate reports every problem of c at once. It has no side effects.
+func (c Config) Validate() error {
+	var errs []error
+	switch {
+	case c.Client != nil && len(c.Endpoints) > 0:
+		errs = append(errs, errors.New("set either a client or endpoints, not both"))
+	case c.Client == nil && len(c.Endpoints) == 0:
+		errs = append(errs, errors.New("endpoints are required"))
+	}
+	if c.Client != nil && (c.Username != "" || c.Password != "" || c.TLS != nil) {
+		errs = append(errs, errors.New("username, password and TLS apply only to a client Open creates"))
+	}
+	for _, ep := range c.Endpoints {
+		if strings.TrimSpace(ep) == "" {
+			errs = append(errs, errors.New("empty endpoint"))
+		}
+	}
+	if c.Prefix != "" && (!strings.HasPrefix(c.Prefix, "/") || !strings.HasSuffix(c.Prefix, "/")) {
+		errs = append(errs, fmt.Errorf("prefix %q must start and end with \"/\"", c.Prefix))
+	}
+	if c.RequestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("request timeout %s is negative", c.RequestTimeout))
+	}
+	if c.DialTimeout < 0 {
+		errs = append(errs, fmt.Errorf("dial timeout %s is negative", c.DialTimeout))
+	}
+	if c.MaxTxnOps < 0 {
+		errs = append(errs, fmt.Errorf("max txn ops %d is negative", c.MaxTxnOps))
+	}
+	return errors.Join(errs...)
+}
+
+// Store is an authz.Store on etcd. Its methods are safe for concurrent use.
+type Store struct {
+	client    *clientv3.Client
+	ownClient bool
+	prefix    string
+
+	// All key access goes through the namespace wrappers, so no method can
+	// forget the prefix or strip it wrongly.
+	kv      clientv3.KV
+	watcher clientv3.Watcher
+	lease   clientv3.Lease
+
+	// rawWatcher is what watcher wraps. Close closes it, not the namespace
+	// wrapper: the wrapper's Close waits on a WaitGroup that a concurrent
+	// Watch may still Add to, which is a data race; closing the inner
+	// watcher ends the wrapper's goroutines just as well.
+	rawWatcher clientv3.Watcher
+
+	requestTimeout time.Duration
+	maxTxnOps      int
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open connects to etcd (or uses cfg.Client), then creates the schema key or
+// checks that the stored layout is one this version understands.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("open etcd store: %w", err)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultPrefix
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.MaxTxnOps == 0 {
+		cfg.MaxTxnOps = DefaultMaxTxnOps
+	}
+
+	s := &Store{
+		client:         cfg.Client,
+		prefix:         cfg.Prefix,
+		requestTimeout: cfg.RequestTimeout,
+		maxTxnOps:      cfg.MaxTxnOps,
+	}
+	if s.client == nil {
+		c, err := clientv3.New(clientv3.Config{
+			Endpoints:   cfg.Endpoints,
+			Username:    cfg.Username,
+			Password:    cfg.Password,
+			TLS:         cfg.TLS,
+			DialTimeout: cfg.DialTimeout,
+			Logger:      etcdlog.New(cfg.Logger, cfg.LogLevel, nil),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("open etcd store: connect: %w", classify(err))
+		}
+		s.client, s.ownClient = c, true
+	}
+	s.kv = namespace.NewKV(s.client.KV, s.prefix)
+	// Own watcher and lease instances: closing them on Close must not stop
+	// watches and keep-alives of a client the caller shares with others.
+	s.rawWatcher = clientv3.NewWatcher(s.client)
+	s.watcher = namespace.NewWatcher(s.rawWatcher, s.prefix)
+	s.lease = namespace.NewLease(clientv3.NewLease(s.client), s.prefix)
+
+	if err := s.checkSchema(ctx); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("open etcd store: %w", err)
+	}
+	return s, nil
+}
+
+type schemaValue struct {
+	Version int `json:"version"`
+}
+
+// checkSchema creates the schema key if absent, in a transaction so that two
+// replicas starting at once on an empty prefix agree, and otherwise reads it.
+func (s *Store) checkSchema(ctx context.Context) error {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	want, _ := json.Marshal(schemaValue{Version: SchemaVersion})
+	resp, err := s.kv.Txn(ctx).
+		If(absent(keySchema)).
+		Then(clientv3.OpPut(keySchema, string(want))).
+		Else(clientv3.OpGet(keySchema)).
+		Commit()
+	if err != nil {
+		return s.fail(ctx, "check schema", err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return errors.New("check schema: schema key vanished")
+	}
+	var v schemaValue
+	if err := decode(kvs[0].Value, &v, "schema"); err != nil {
+		return err
+	}
+	switch {
+	case v.Version > SchemaVersion:
+		return fmt.Errorf("stored data under %q has schema version %d, newer than this Portcullis understands (%d): upgrade Portcullis", s.prefix, v.Version, SchemaVersion)
+	case v.Version < 1:
+		return fmt.Errorf("schema: %w: version %d", ErrCorrupt, v.Version)
+	}
+	return nil
+}
+
+// Close releases the Store's watches and leases, and closes the client if
+// Open created it. Watch calls in progress return. Safe to call more than
+// once; later calls return the first call's result.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		errs := []error{s.rawWatcher.Close(), s.lease.Close()}
+		if s.ownClient {
+			errs = append(errs, s.client.Close())
+		}
+		for i, err := range errs {
+			// Closing cancels the client's own context; that is not a failure.
+			if errors.Is(err, context.Canceled) {
+				errs[i] = nil
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			s.closeErr = fmt.Errorf("close etcd store: %w", err)
+		}
+	})
+	return s.closeErr
+}
+
+// EtcdClient returns the underlying client, for health checks and tools.
+// Keys written through it are not prefixed. (It cannot be named Client:
+// authz.Store's Client reads an OAuth2 client.)
+func (s *Store) EtcdClient() *clientv3.Client { return s.client }
+
+// Prefix returns the key prefix the Store works under.
+func (s *Store) Prefix() string { return s.prefix }
+
+// Compact discards the revision history of the whole etcd cluster (not just
+// this Store's prefix) before rev, and returns once the compaction was
+// applied, so a Watch from an older revision fails with authz.ErrCompacted.
+// Production relies on etcd's auto-compaction; this exists for tests.
+func (s *Store) Compact(ctx context.Context, rev authz.Revision) error {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	if _, err := s.client.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		return s.fail(ctx, "compact", err)
+	}
+	return nil
+}
+
+// CurrentRevision implements authz.Store.
+func (s *Store) CurrentRevision(ctx context.Context) (authz.Revision, error) {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	// A linearizable read of any key carries the newest revision in its header.
+	resp, err := s.kv.Get(ctx, keySchema, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, s.fail(ctx, "current revision", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// withTimeout applies RequestTimeout when ctx has no deadline of its own.
+// The returned context remembers the caller's, so that fail can tell the
+// caller's cancellation from our timeout.
+func (s *Store) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	parent := ctx
+	if _, ok := ctx.Deadline(); ok {
+		ctx, cancel := context.WithCancel(ctx)
+		return context.WithValue(ctx, callerKey{}, parent), cancel
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.requestTimeout)
+	return context.WithValue(ctx, callerKey{}, parent), cancel
+}
+
+type callerKey struct{}
+
+// fail turns an etcd error into the error the authz.Store contract promises:
+// the caller's ctx error when the caller's context ended, ErrUnavailable
+// (still matching the etcd error) when etcd could not answer, and
+// ErrTxnTooLarge when the server refused the transaction's size.
+func (s *Store) fail(ctx context.Context, op string, err error) error {
+	if caller, ok := ctx.Value(callerKey{}).(context.Context); ok && caller.Err() != nil {
+		return fmt.Errorf("%s: %w", op, caller.Err())
+	}
+	if errors.Is(err, rpctypes.ErrTooManyOps) {
+		return fmt.Errorf("%s: %w: etcd refused it (raise the server's --max-txn-ops or lower MaxTxnOps): %w", op, ErrTxnTooLarge, err)
+	}
+	return fmt.Errorf("%s: %w", op, classify(err))
+}
+
+// classify wraps errors that mean "etcd could not be reached or did not
+// answer" so they match authz.ErrUnavailable as well as the original error.
+func classify(err error) error {
+	if unavailable(err) {
+		return fmt.Errorf("%w: %w", authz.ErrUnavailable, err)
+	}
+	return err
+}
+
+func unavailable(err error) bool {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), // our RequestTimeout or DialTimeout
+		errors.Is(err, context.Canceled), // the client was closed under us
+		errors.Is(err, clientv3.ErrNoAvailableEndpoints):
+		return true
+	}
+	var code codes.Code
+	var etcdErr rpctypes.EtcdError
+	if errors.As(err, &etcdErr) {
+		code = etcdErr.Code()
+	} else if st, ok := status.FromError(err); ok {
+		code = st.Code()
+	} else {
+		return false
+	}
+	switch code {
+	case codes.Unavailable, // no leader, leader changed, stopping, connection refused
+		codes.DeadlineExceeded, // etcd's own request timeout
+		codes.Canceled,
+		codes.ResourceExhausted, // NOSPACE alarm, too many requests
+		codes.Unauthenticated,   // expired or invalid auth token
+		codes.PermissionDenied:  // the etcd user lacks a role on our prefix
+		return true
+	}
+	return false
+}
+
+// checkOps refuses a transaction larger than MaxTxnOps before sending it.
+// etcd checks compares, success ops and failure ops separately.
+func (s *Store) checkOps(op string, lens ...int) error {
+	for _, n := range lens {
+		if n > s.maxTxnOps {
+			return fmt.Errorf("%s: %w: needs %d operations, MaxTxnOps is %d", op, ErrTxnTooLarge, n, s.maxTxnOps)
+		}
+	}
+	return nil
+}
+
+// commit sends one transaction after checking its size.
+func (s *Store) commit(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	if err := s.checkOps(op, len(cmps), len(then), len(els)); err != nil {
+		return nil, err
+	}
+	resp, err := s.kv.Txn(ctx).If(cmps...).Then(then...).Else(els...).Commit()
+	if err != nil {
+		return nil, s.fail(ctx, op, err)
+	}
+	return resp, nil
+}
+
+// readBatch bounds the gets of one read-only transaction where atomicity
+// is not needed: it stays under etcd's default --max-txn-ops of 128.
+const readBatch = 100
+
+// getEach reads the given keys, in batches, and returns the values of those
+// that exist by key.
+func (s *Store) getEach(ctx context.Context, op string, keys []string) (map[string][]byte, error) {
+	out := make(map[string][]byte, len(keys))
+	for len(keys) > 0 {
+		n := min(len(keys), readBatch)
+		ops := make([]clientv3.Op, n)
+		for i, k := range keys[:n] {
+			ops[i] = clientv3.OpGet(k)
+		}
+		resp, err := s.commit(ctx, op, nil, ops, nil)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range resp.Responses {
+			for _, kv := range r.GetResponseRange().Kvs {
+				out[string(kv.Key)] = kv.Value
+			}
+		}
+		keys = keys[n:]
+	}
+	return out, nil
+}
+
+// absent is the compare-and-set guard "key does not exist".
+func absent(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+}
+
+// exists is the guard "key exists".
+func exists(key string) clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(key), ">", 0)
+}
+
+// unchanged is the guard "key has not been written since it was read at
+// modRev" (0: it was absent and still is).
+func unchanged(key string, modRev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(key), "=", modRev)
+}
+
+// noneNewer is the guard "no key under prefix was created or modified
+// after rev". Deletions after rev are not detected, which no caller needs.
+func noneNewer(prefix string, rev int64) clientv3.Cmp {
+	return clientv3.Compare(clientv3.ModRevision(prefix), "<", rev+1).WithPrefix()
+}
+
+func encode(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Every stored type is plain data; this is a programming error.
+		panic(fmt.Sprintf("etcdstore: encode %T: %v", v, err))
+	}
+	return string(b)
+}
+
+func decode(data []byte, v any, key string) error {
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("key %q: %w: %w", key, ErrCorrupt, err)
+	}
+	return nil
+}

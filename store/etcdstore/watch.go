@@ -1,0 +1,164 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/portcullis/portcullis/authz"
+)
+
+// Watch implements authz.Store with one etcd watch over the whole prefix.
+//
+// All changes of one revision (one transaction) are passed to fn before
+// Watch looks at ctx again, so a caller that resumes from the last revision
+// it saw misses nothing. Several keys of one transaction that map to the
+// same Change (a user's grants) are reported once.
+func (s *Store) Watch(ctx context.Context, after authz.Revision, fn func(authz.Change)) error {
+	// etcd (3.4.24+, 3.5.8+, 3.6) sends progress notifications only once
+	// its revision has reached the watch's start revision, so a watch from
+	// after+1 on an idle store would never hear one. Starting at after
+	// itself and dropping its events keeps progress flowing. Only if
+	// revision after is compacted while after+1 is not does the start move.
+	start := max(after, 1) // revision 0 would mean "from now" to etcd
+	err := s.watch(ctx, start, after, fn)
+	var c compactedError
+	if errors.As(err, &c) && start == after && c.rev <= after+1 {
+		err = s.watch(ctx, after+1, after, fn)
+	}
+	if errors.As(err, &c) {
+		return fmt.Errorf("watch from revision %d: history compacted up to %d: %w", after+1, c.rev, authz.ErrCompacted)
+	}
+	return err
+}
+
+// compactedError reports that the start revision of a watch was compacted.
+type compactedError struct{ rev int64 }
+
+func (e compactedError) Error() string { return fmt.Sprintf("compacted up to %d", e.rev) }
+
+// watch runs one etcd watch from start, reporting changes after after.
+func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(authz.Change)) error {
+	// Cancelling this context is how clientv3 releases the watch; without
+	// WithRequireLeader a watch on a member cut off from its leader would
+	// hang silently instead of failing.
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := s.watcher.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(start), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
+
+	// A consumer trusts its caches only once it knows the watch is current,
+	// which a progress notification says. etcd sends them on its own only
+	// every few minutes, so ask for one as soon as the watch exists, and
+	// again until one arrives (a request racing the watch's creation is lost).
+	progressed := make(chan struct{})
+	var progressOnce sync.Once
+	requestProgress := func() {
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			_ = s.watcher.RequestProgress(wctx)
+			select {
+			case <-progressed:
+				return
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}
+
+	var (
+		lastRev int64
+		seen    = map[authz.Change]bool{}
+	)
+	for resp := range wch {
+		if resp.CompactRevision != 0 {
+			return compactedError{rev: resp.CompactRevision}
+		}
+		if err := resp.Err(); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				return compactedError{rev: after + 1}
+			}
+			return fmt.Errorf("watch: %w: %w", authz.ErrUnavailable, err)
+		}
+		if resp.Created {
+			go requestProgress()
+			continue
+		}
+		if resp.IsProgressNotify() {
+			progressOnce.Do(func() { close(progressed) })
+			fn(authz.Change{Kind: authz.ChangeProgress, Revision: resp.Header.Revision})
+			continue
+		}
+		for _, ev := range resp.Events {
+			if ev.Kv.ModRevision <= after {
+				continue // the caller saw it; we only started early (see Watch)
+			}
+			c, ok := change(string(ev.Kv.Key))
+			if !ok {
+				continue
+			}
+			c.Revision = ev.Kv.ModRevision // for a delete, the revision of the delete
+			if c.Revision != lastRev {
+				lastRev = c.Revision
+				clear(seen)
+			}
+			if seen[c] {
+				continue
+			}
+			seen[c] = true
+			fn(c)
+		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	// The channel closes without an error response when the client or the
+	// Store is closed.
+	return fmt.Errorf("watch: %w: watch channel closed", authz.ErrUnavailable)
+}
+
+// change maps a key (relative to the prefix) to the Change it reports;
+// index keys and unknown keys report nothing.
+func change(key string) (authz.Change, bool) {
+	for _, k := range changeKinds {
+		rest, ok := strings.CutPrefix(key, k.prefix)
+		if !ok || rest == "" {
+			continue
+		}
+		if k.kind == authz.ChangeGrant {
+			// grants/<resource>|<grant>: the resource's grants changed.
+			resource, _, ok := strings.Cut(rest, "|")
+			if !ok || resource == "" {
+				return authz.Change{}, false
+			}
+			rest = resource
+		}
+		return authz.Change{Kind: k.kind, Key: rest}, true
+	}
+	return authz.Change{}, false
+}
+
+// changeKinds maps the key prefixes Watch reports to their kind. Index
+// keys (holders/, logins/, token-ids/, …) are absent on purpose: every
+// change to them comes with a change to the object they index.
+var changeKinds = []struct {
+	prefix string
+	kind   authz.ChangeKind
+}{
+	{pfxGrants, authz.ChangeGrant},
+	{pfxTokens, authz.ChangeToken},
+	{pfxRevokedSessions, authz.ChangeSession},
+	{pfxUsers, authz.ChangeUser},
+	{pfxClients, authz.ChangeClient},
+	{pfxSigningKeys, authz.ChangeSigningKey},
+}
