@@ -92,9 +92,9 @@ func (w *watchState) init() {
 
 // WatchStatus describes the store watch, for health checks and metrics.
 type WatchStatus struct {
-	Healthy  bool
-	Revision Revision  // newest revision applied to the caches
-	Restarts uint64    // watch restarts since start
+	Healthy    bool
+	Revision   Revision  // newest revision applied to the caches
+	Restarts   uint64    // watch restarts since start
 	LastChange time.Time // when the last change was applied (zero if none)
 }
 

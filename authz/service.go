@@ -153,11 +153,11 @@ type Service struct {
 	gens  generations
 	watch watchState
 
-	tokens    cache.Cache[uint64, *tokenEntry]     // by token digest
-	subjects  cache.Cache[string, *subjectEntry]   // resolved subject grants
-	resources cache.Cache[string, *grantsEntry]    // raw grants of one resource (roles)
-	decisions cache.Cache[uint64, *decisionEntry]  // (token digest, permission) → decision
-	clients   cache.Cache[string, *clientEntry]    // existence of clients acting as subjects
+	tokens    cache.Cache[uint64, *tokenEntry]    // by token digest
+	subjects  cache.Cache[string, *subjectEntry]  // resolved subject grants
+	resources cache.Cache[string, *grantsEntry]   // raw grants of one resource (roles)
+	decisions cache.Cache[uint64, *decisionEntry] // (token digest, permission) → decision
+	clients   cache.Cache[string, *clientEntry]   // existence of clients acting as subjects
 	flights   singleflight.Group
 
 	keys    *keyring

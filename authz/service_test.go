@@ -69,11 +69,11 @@ func TestUserRules(t *testing.T) {
 		t.Fatalf("derived usernames = %q %q %q", b1.Username, b2.Username, b3.Username)
 	}
 	for _, in := range []authz.UserInput{
-		{Username: "carol@example.com"},                  // a username may not be an email
-		{Email: "not-an-email"},                          // invalid email
-		{Email: "Carol <carol@example.com>"},             // a display name is not an email
-		{},                                               // neither
-		{Username: "dave", Password: "short"},            // too short
+		{Username: "carol@example.com"},       // a username may not be an email
+		{Email: "not-an-email"},               // invalid email
+		{Email: "Carol <carol@example.com>"},  // a display name is not an email
+		{},                                    // neither
+		{Username: "dave", Password: "short"}, // too short
 		{Username: "erin", Password: strings.Repeat("x", 73)}, // over bcrypt's limit: refused, not truncated
 		{Username: "bad name"},
 		{Username: "bad\xffname"},
@@ -511,7 +511,9 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 	}
 	var oe *authz.OAuthError
 	for name, f := range map[string]func(string) (authz.TokenResponse, error){
-		"wrong verifier": func(c string) (authz.TokenResponse, error) { return exchange(c, strings.Repeat("w", 50), redirect, secret) },
+		"wrong verifier": func(c string) (authz.TokenResponse, error) {
+			return exchange(c, strings.Repeat("w", 50), redirect, secret)
+		},
 		"redirect near-miss": func(c string) (authz.TokenResponse, error) { return exchange(c, verifier, redirect+"/", secret) },
 		"no verifier":        func(c string) (authz.TokenResponse, error) { return exchange(c, "", redirect, secret) },
 	} {

@@ -82,11 +82,11 @@ type TokenRecord struct {
 type ClientRecord struct {
 	ID string `json:"client_id"`
 	// SecretDigest is the hex SHA-256 of the client secret; empty for public clients.
-	SecretDigest string    `json:"secret_digest,omitempty"`
-	Name         string    `json:"name,omitempty"`
-	RedirectURIs []string  `json:"redirect_uris,omitempty"`
-	GrantTypes   []string  `json:"grant_types"`
-	Scopes       []string  `json:"scopes,omitempty"`
+	SecretDigest string   `json:"secret_digest,omitempty"`
+	Name         string   `json:"name,omitempty"`
+	RedirectURIs []string `json:"redirect_uris,omitempty"`
+	GrantTypes   []string `json:"grant_types"`
+	Scopes       []string `json:"scopes,omitempty"`
 	// Subject is the principal that client_credentials tokens act as
 	// (default "clients/<id>"); its grants bound what the client may do.
 	Subject string `json:"subject,omitempty"`
@@ -138,13 +138,13 @@ type ChangeKind uint8
 // The kinds of change a Store reports from Watch.
 const (
 	// ChangeProgress carries no object: the store is current up to Revision.
-	ChangeProgress ChangeKind = iota
-	ChangeGrant               // Key is the resource whose grants changed
-	ChangeToken               // Key is the token digest
-	ChangeSession             // Key is the revoked session id (jti)
-	ChangeUser                // Key is the user id
-	ChangeClient              // Key is the client id
-	ChangeSigningKey          // Key is the key id
+	ChangeProgress   ChangeKind = iota
+	ChangeGrant                 // Key is the resource whose grants changed
+	ChangeToken                 // Key is the token digest
+	ChangeSession               // Key is the revoked session id (jti)
+	ChangeUser                  // Key is the user id
+	ChangeClient                // Key is the client id
+	ChangeSigningKey            // Key is the key id
 )
 
 // Change is one committed modification reported by Store.Watch.

@@ -330,9 +330,9 @@ func (s *Service) UpdateUser(ctx context.Context, id string, patch []byte) (User
 		return User{}, 0, invalid("patch", "trailing data after the JSON object")
 	}
 	type change struct {
-		set   bool
-		str   *string
-		flag  bool
+		set  bool
+		str  *string
+		flag bool
 	}
 	var username, email, disabled, technical change
 	for k, v := range fields {

@@ -92,7 +92,7 @@ func loadConfig(name string, args []string, environ []string) (Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("read config: %w", err)
 		}
-		if err := yaml.UnmarshalStrict(raw, &cfg); err != nil {
+		if err := applyFile(&cfg, raw); err != nil {
 			return cfg, fmt.Errorf("config file %s: %w", file, err)
 		}
 	}
@@ -115,18 +115,50 @@ func loadConfig(name string, args []string, environ []string) (Config, error) {
 	return cfg, errors.Join(errs...)
 }
 
+// applyFile sets the fields named in a YAML document. Values go through the
+// same parser as flags and environment variables (so durations read
+// "30s"); unknown keys are an error, never ignored.
+func applyFile(cfg *Config, raw []byte) error {
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return err
+	}
+	known := map[string]reflect.Value{}
+	forEachField(cfg, func(key string, v reflect.Value, _ reflect.StructField) { known[key] = v })
+	var errs []error
+	for k, val := range doc {
+		v, ok := known[k]
+		if !ok {
+			errs = append(errs, fmt.Errorf("unknown key %q", k))
+			continue
+		}
+		text := fmt.Sprint(val)
+		if list, isList := val.([]any); isList {
+			parts := make([]string, len(list))
+			for i, p := range list {
+				parts[i] = fmt.Sprint(p)
+			}
+			text = strings.Join(parts, ",")
+		} else if f, isFloat := val.(float64); isFloat {
+			text = strconv.FormatFloat(f, 'f', -1, 64)
+		}
+		if err := setValue(v, text); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", k, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // bindFlags defines a flag per field; parsed values are kept aside and
 // applied by the returned setters, so that flags override env and file.
 func bindFlags(fs *flag.FlagSet, cfg *Config) map[string]func() error {
 	setters := map[string]func() error{}
 	forEachField(cfg, func(key string, v reflect.Value, f reflect.StructField) {
 		name := strings.ReplaceAll(key, "_", "-")
-		var raw string
-		fs.Func(name, f.Tag.Get("help")+" (env PORTCULLIS_"+strings.ToUpper(key)+")", func(s string) error {
-			raw = s
-			return setValue(reflect.New(v.Type()).Elem(), s) // validate now, apply later
-		})
+		fv := &fieldValue{typ: v.Type(), isBool: v.Kind() == reflect.Bool}
+		fs.Var(fv, name, f.Tag.Get("help")+" (env PORTCULLIS_"+strings.ToUpper(key)+")")
 		setters[name] = func() error {
+			raw := fv.raw
 			if err := setValue(v, raw); err != nil {
 				return fmt.Errorf("--%s: %w", name, err)
 			}
@@ -135,6 +167,24 @@ func bindFlags(fs *flag.FlagSet, cfg *Config) map[string]func() error {
 	})
 	return setters
 }
+
+// fieldValue is a flag that validates its value when parsed and keeps it
+// for bindFlags' setters to apply.
+type fieldValue struct {
+	typ    reflect.Type
+	isBool bool
+	raw    string
+}
+
+func (f *fieldValue) String() string { return f.raw }
+
+func (f *fieldValue) Set(s string) error {
+	f.raw = s
+	return setValue(reflect.New(f.typ).Elem(), s)
+}
+
+// IsBoolFlag lets boolean options be given as a bare --flag.
+func (f *fieldValue) IsBoolFlag() bool { return f.isBool }
 
 func forEachField(cfg *Config, fn func(key string, v reflect.Value, f reflect.StructField)) {
 	rv := reflect.ValueOf(cfg).Elem()

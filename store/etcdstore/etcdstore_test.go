@@ -3,6 +3,7 @@ package etcdstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/store/embedetcd"
 	"github.com/portcullis/portcullis/store/etcdstore"
 	"github.com/portcullis/portcullis/store/etcdtest"
 	"github.com/portcullis/portcullis/store/storetest"
@@ -141,7 +143,8 @@ func TestOpen(t *testing.T) {
 	})
 
 	t.Run("schema", func(t *testing.T) {
-		cfg := etcdstore.Config{Endpoints: endpoints, Prefix: "/schema-test-" + t.Name() + "/"}
+		// A store on a fresh prefix, only to learn one; Open again below.
+		cfg := etcdstore.Config{Endpoints: endpoints, Prefix: etcdtest.NewStore(t, endpoints).Prefix()}
 		s1, err := etcdstore.Open(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
@@ -252,5 +255,64 @@ func TestTxnTooLarge(t *testing.T) {
 	}
 	if _, err := s.User(ctx, "big"); !errors.Is(err, authz.ErrNotFound) {
 		t.Errorf("a rejected CreateUser wrote the user: %v", err)
+	}
+
+	// A server whose --max-txn-ops is below MaxTxnOps refuses the
+	// transaction itself; that must read the same way.
+	srv, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: t.TempDir(), MaxTxnOps: 128})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	small, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: srv.Endpoints()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer small.Close()
+	many := make([]string, 200)
+	for i := range many {
+		many[i] = fmt.Sprintf("projects/p%d#read", i)
+	}
+	_, err = small.CreateUser(ctx, authz.UserRecord{ID: "big", Username: "big"}, many)
+	if !errors.Is(err, etcdstore.ErrTxnTooLarge) || errors.Is(err, authz.ErrUnavailable) {
+		t.Errorf("CreateUser beyond the server's --max-txn-ops: %v, want ErrTxnTooLarge", err)
+	}
+}
+
+// TestDeleteUserLeavesNoKeys checks DeleteUser against the key layout: once
+// the only user is deleted, nothing but the schema key is left, so no index
+// entry or family can outlive it.
+func TestDeleteUserLeavesNoKeys(t *testing.T) {
+	endpoints := etcdtest.SharedEmbedded(t)
+	s := etcdtest.NewStore(t, endpoints)
+	ctx := t.Context()
+	if _, err := s.CreateUser(ctx, authz.UserRecord{ID: "u", Username: "U", Email: "u@example.com"}, []string{"roles/a", "projects/p#read"}); err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour)
+	r1 := authz.TokenRecord{ID: "r1", Digest: "d1", Subject: "users/u", Family: "f", ExpiresAt: &exp}
+	r2 := authz.TokenRecord{ID: "r2", Digest: "d2", Subject: "users/u", Family: "f", ExpiresAt: &exp}
+	api := authz.TokenRecord{ID: "api", Digest: "d3", Subject: "users/u"}
+	for _, tk := range []authz.TokenRecord{r1, api} {
+		if _, err := s.CreateToken(ctx, tk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.RotateToken(ctx, r1, r2); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DeleteUser(ctx, "u"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.EtcdClient().Get(ctx, s.Prefix(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, kv := range resp.Kvs {
+		left = append(left, strings.TrimPrefix(string(kv.Key), s.Prefix()))
+	}
+	if !slices.Equal(left, []string{"schema"}) {
+		t.Errorf("keys left after deleting the only user: %q", left)
 	}
 }

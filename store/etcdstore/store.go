@@ -135,6 +135,9 @@ type Store struct {
 
 	requestTimeout time.Duration
 	maxTxnOps      int
+	// progressRequests says whether Watch may ask etcd for a progress
+	// notification; see progressRequestsSafe.
+	progressRequests bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -190,7 +193,56 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.Close()
 		return nil, fmt.Errorf("open etcd store: %w", err)
 	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	s.progressRequests = s.progressRequestsSafe(ctx, logger)
 	return s, nil
+}
+
+// progressRequestsSafe reports whether every endpoint runs an etcd that
+// answers a progress request only once the watch has delivered every event
+// up to the revision it reports. Older servers (3.4 before 3.4.24, 3.5
+// before 3.5.8) answer at once with the current revision, even while the
+// watch is still replaying history: a consumer would then believe its
+// caches current while invalidations are still on their way. With those,
+// Watch relies on etcd's periodic notifications, which are safe.
+func (s *Store) progressRequestsSafe(ctx context.Context, logger *slog.Logger) bool {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	for _, ep := range s.client.Endpoints() {
+		st, err := s.client.Status(ctx, ep)
+		if err != nil {
+			logger.Warn("etcd store: cannot read the etcd version; watch progress comes only from etcd's periodic notifications",
+				"endpoint", ep, "err", err)
+			return false
+		}
+		if !fixedProgressRequests(st.Version) {
+			logger.Warn("etcd store: this etcd answers progress requests unsafely; watch progress comes only from etcd's periodic notifications (upgrade to etcd 3.4.24, 3.5.8 or newer, or lower --experimental-watch-progress-notify-interval, default 10m)",
+				"endpoint", ep, "version", st.Version)
+			return false
+		}
+	}
+	return true
+}
+
+// fixedProgressRequests reports whether etcd version v has the fix for
+// progress requests on unsynced watchers (etcd-io/etcd#15237).
+func fixedProgressRequests(v string) bool {
+	var major, minor, patch int
+	if _, err := fmt.Sscanf(v, "%d.%d.%d", &major, &minor, &patch); err != nil {
+		return false
+	}
+	switch {
+	case major != 3:
+		return major > 3
+	case minor == 4:
+		return patch >= 24
+	case minor == 5:
+		return patch >= 8
+	}
+	return minor > 5
 }
 
 type schemaValue struct {

@@ -55,13 +55,19 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 	// A consumer trusts its caches only once it knows the watch is current,
 	// which a progress notification says. etcd sends them on its own only
 	// every few minutes, so ask for one as soon as the watch exists, and
-	// again until one arrives (a request racing the watch's creation is lost).
+	// again until one arrives (a request racing the watch's creation is lost,
+	// and etcd ignores it until the watch has caught up). Only on servers
+	// that answer such requests correctly: see progressRequestsSafe.
 	progressed := make(chan struct{})
 	var progressOnce sync.Once
 	requestProgress := func() {
 		t := time.NewTicker(250 * time.Millisecond)
 		defer t.Stop()
 		for {
+			if wctx.Err() != nil {
+				// Asking now could open a stream no watch uses any more.
+				return
+			}
 			_ = s.watcher.RequestProgress(wctx)
 			select {
 			case <-progressed:
@@ -91,7 +97,9 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 			return fmt.Errorf("watch: %w: %w", authz.ErrUnavailable, err)
 		}
 		if resp.Created {
-			go requestProgress()
+			if s.progressRequests {
+				go requestProgress()
+			}
 			continue
 		}
 		if resp.IsProgressNotify() {

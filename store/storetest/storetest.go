@@ -10,10 +10,10 @@
 //   - Watch progress notifications at least every few seconds while idle
 //     (etcd: --experimental-watch-progress-notify-interval; etcdtest sets it).
 //
-// Subtests that do not depend on each other's timing run in parallel where
-// they mostly wait (expiry). The compaction test compacts the backend's whole
-// history; backends shared with parallel tests of other packages should not
-// run RunAll concurrently with watchers of their own.
+// Subtests run one after the other, except the expiry tests, which mostly
+// wait and run in parallel. The ErrCompacted test compacts the history of the
+// whole backend (etcd compaction is cluster-wide): do not run RunAll against
+// a server whose other users watch from old revisions at the same time.
 package storetest
 
 import (

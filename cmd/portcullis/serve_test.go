@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "portcullis-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "portcullis")
+	if out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startServe runs the binary and waits until /readyz answers 200.
+func startServe(t *testing.T, args ...string) (api, metrics string, logs *bytes.Buffer) {
+	t.Helper()
+	api, metrics = freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", api, "--metrics-listen", metrics, "--log-format", "text"}, args...)...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 20 * time.Second
+	logs = &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + metrics + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return api, metrics, logs
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("server not ready after 60s; logs:\n%s", logs)
+	return
+}
+
+func TestSecondProcessOnSameDataDirFailsFast(t *testing.T) {
+	dir := t.TempDir()
+	startServe(t, "--data-dir", dir, "--admin-password", "adminpassword")
+	start := time.Now()
+	cmd := exec.Command(binPath, "serve", "--data-dir", dir, "--listen", freeAddr(t), "--metrics-listen", freeAddr(t))
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("second process on the same data dir started:\n%s", out)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("second process took %v to fail", took)
+	}
+	if !strings.Contains(string(out), "already in use") {
+		t.Fatalf("unclear message:\n%s", out)
+	}
+}
+
+func TestGeneratedAdminPasswordShownOnce(t *testing.T) {
+	dir := t.TempDir()
+	_, _, logs := startServe(t, "--data-dir", dir)
+	if !strings.Contains(logs.String(), "generated password") {
+		t.Fatalf("no generated password in the log:\n%s", logs)
+	}
+}
+
+func TestBadConfigurationExitCode(t *testing.T) {
+	cmd := exec.Command(binPath, "serve", "--log-format", "xml")
+	out, err := cmd.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != exitConfig || !strings.Contains(string(out), "log_format") {
+		t.Fatalf("exit %v, output:\n%s", err, out)
+	}
+}
