@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -41,29 +42,53 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startServe runs the binary and waits until /readyz answers 200.
-func startServe(t *testing.T, args ...string) (api, metrics string, logs *bytes.Buffer) {
+// syncBuffer collects a child's output; exec copies into it from its own
+// goroutine while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startServe runs the binary and waits until /readyz answers 200. stop ends
+// the process and waits for it; it is also registered as a cleanup.
+func startServe(t *testing.T, args ...string) (api, metrics string, logs *syncBuffer, stop func()) {
 	t.Helper()
 	api, metrics = freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", api, "--metrics-listen", metrics, "--log-format", "text"}, args...)...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 20 * time.Second
-	logs = &bytes.Buffer{}
+	logs = &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cancel()
-		_ = cmd.Wait()
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			_ = cmd.Wait()
+		})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get("http://" + metrics + "/readyz"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
-				return api, metrics, logs
+				return api, metrics, logs, stop
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -91,9 +116,14 @@ func TestSecondProcessOnSameDataDirFailsFast(t *testing.T) {
 
 func TestGeneratedAdminPasswordShownOnce(t *testing.T) {
 	dir := t.TempDir()
-	_, _, logs := startServe(t, "--data-dir", dir)
+	_, _, logs, stop := startServe(t, "--data-dir", dir)
 	if !strings.Contains(logs.String(), "generated password") {
 		t.Fatalf("no generated password in the log:\n%s", logs)
+	}
+	stop()
+	_, _, logs, _ = startServe(t, "--data-dir", dir)
+	if strings.Contains(logs.String(), "generated password") {
+		t.Fatalf("generated password shown again on the second start:\n%s", logs)
 	}
 }
 
