@@ -31,6 +31,10 @@ type Access struct {
 	Resource string    `json:"resource_name,omitempty"`
 	Level    string    `json:"access_level,omitempty"`
 	Token    TokenInfo `json:"access_token"`
+	// Username and Email describe the subject when it is a user, for the
+	// identity headers forward-auth sends upstream.
+	Username string `json:"-"`
+	Email    string `json:"-"`
 	// Revision is the store revision the decision is at least as fresh as.
 	Revision Revision `json:"-"`
 	// Explanation is set when VerifyOptions.Explain was asked for.
@@ -206,6 +210,9 @@ func (s *Service) decide(p *principal, se *subjectEntry, req Permission, hasPerm
 		return Access{}, nil, fmt.Errorf("%w: the token's client no longer exists", ErrUnauthenticated)
 	}
 	acc := Access{Subject: p.subject, Token: p.info}
+	if se.user != nil {
+		acc.Username, acc.Email = se.user.Username, se.user.Email
+	}
 	if !hasPerm {
 		return acc, &Explanation{Allowed: true, Reason: "valid token; no permission requested"}, nil
 	}

@@ -9,8 +9,9 @@ import (
 )
 
 // FastConfig is the default configuration with the cheapest allowed bcrypt
-// cost, so tests that create users stay fast.
-func FastConfig() authz.Config { return authz.Config{BcryptCost: 10} }
+// cost, so tests that create users stay fast, and small caches, because a
+// test binary runs many services.
+func FastConfig() authz.Config { return authz.Config{BcryptCost: 10, CacheMaxCost: 4 << 20} }
 
 // Start builds a Service on st, runs its store watch until the test ends
 // and waits until the watch is current (cached decisions are in play).

@@ -68,7 +68,10 @@ func New[K Key, V any](cfg Config) (*Ristretto[K, V], error) {
 		return nil, fmt.Errorf("cache: MaxCost must be positive, got %d", cfg.MaxCost)
 	}
 	if cfg.ExpectedItems <= 0 {
-		cfg.ExpectedItems = cfg.MaxCost / 64
+		// Entries cost a few hundred bytes each; ristretto allocates its
+		// admission counters up front, so overestimating the item count
+		// costs resident memory on every replica.
+		cfg.ExpectedItems = cfg.MaxCost / 256
 	}
 	if cfg.ExpectedItems < 1000 {
 		cfg.ExpectedItems = 1000
