@@ -158,7 +158,9 @@ type Service struct {
 	resources cache.Cache[string, *grantsEntry]   // raw grants of one resource (roles)
 	decisions cache.Cache[uint64, *decisionEntry] // (token digest, permission) → decision
 	clients   cache.Cache[string, *clientEntry]   // existence of clients acting as subjects
-	flights   singleflight.Group
+	// assertions holds signed identity assertions for reuse.
+	assertions cache.Cache[uint64, *assertionEntry]
+	flights    singleflight.Group
 
 	keys    *keyring
 	hashSem chan struct{}
@@ -196,6 +198,9 @@ func New(ctx context.Context, store Store, cfg Config) (*Service, error) {
 	if s.clients, err = cache.New[string, *clientEntry](cache.Config{MaxCost: 1 << 20}); err != nil {
 		return nil, err
 	}
+	if s.assertions, err = cache.New[uint64, *assertionEntry](cache.Config{MaxCost: 4 << 20}); err != nil {
+		return nil, err
+	}
 	s.hashSem = make(chan struct{}, cfg.MaxConcurrentHashes)
 	if s.dummyHash, err = s.hashPassword(ctx, randomString(24)); err != nil {
 		return nil, err
@@ -216,6 +221,7 @@ func (s *Service) Close() {
 	s.resources.Close()
 	s.decisions.Close()
 	s.clients.Close()
+	s.assertions.Close()
 }
 
 // Store returns the store the service was built on.

@@ -170,7 +170,7 @@ func (k *keyring) reload(ctx context.Context) error {
 	return nil
 }
 
-func (k *keyring) sign(c *sessionClaims) (string, error) {
+func (k *keyring) sign(c jwt.Claims) (string, error) {
 	k.mu.RLock()
 	kid, alg, key := k.signKID, k.signAlg, k.signKey
 	k.mu.RUnlock()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -57,54 +58,103 @@ func withScope(next echo.HandlerFunc) echo.HandlerFunc {
 // allowed, the ct_token query parameter. Two different tokens in one
 // request are refused: which one counts would be a guess.
 func (s *Server) credential(req *http.Request) (string, error) {
-	var found []string
-	add := func(t string) {
-		if t != "" {
-			found = append(found, t)
-		}
-	}
-	if h := req.Header.Values("Authorization"); len(h) > 0 {
-		if len(h) > 1 {
-			return "", badRequest("more than one Authorization header")
-		}
-		scheme, tok, ok := strings.Cut(h[0], " ")
-		if ok && strings.EqualFold(scheme, "Bearer") {
-			add(strings.TrimSpace(tok))
-		}
-	}
-	if h := req.Header.Values(tokenHeader); len(h) > 0 {
-		if len(h) > 1 {
-			return "", badRequest("more than one ct_token header")
-		}
-		add(strings.TrimSpace(h[0]))
-	}
-	cookies := 0
-	for _, ck := range req.Cookies() {
-		if ck.Name == tokenCookie {
-			cookies++
-			add(ck.Value)
-		}
-	}
-	if cookies > 1 {
-		return "", badRequest("more than one ct_token cookie")
-	}
+	var query url.Values
 	if s.cfg.AllowQueryToken {
-		if q := req.URL.Query()[tokenQuery]; len(q) > 0 {
-			if len(q) > 1 {
-				return "", badRequest("more than one ct_token query parameter")
+		query = req.URL.Query()
+	}
+	tok, _, err := extractCredential(req.Header, query)
+	return tok, err
+}
+
+// extractCredential is credential over headers and an optional query, and
+// also says where the token was found.
+func extractCredential(h http.Header, query url.Values) (string, credentialSource, error) {
+	var found string
+	var src credentialSource
+	add := func(t string, from credentialSource) error {
+		if t == "" {
+			return nil
+		}
+		if found != "" && t != found {
+			return badRequest("two different credentials in one request")
+		}
+		found = t
+		src |= from
+		return nil
+	}
+	if v := h.Values("Authorization"); len(v) > 0 {
+		if len(v) > 1 {
+			return "", 0, badRequest("more than one Authorization header")
+		}
+		scheme, tok, ok := strings.Cut(v[0], " ")
+		if ok && strings.EqualFold(scheme, "Bearer") {
+			if err := add(strings.TrimSpace(tok), fromAuthorization); err != nil {
+				return "", 0, err
 			}
-			add(q[0])
 		}
 	}
-	if len(found) == 0 {
-		return "", nil
-	}
-	for _, t := range found[1:] {
-		if t != found[0] {
-			return "", badRequest("two different credentials in one request")
+	if v := h.Values(tokenHeader); len(v) > 0 {
+		if len(v) > 1 {
+			return "", 0, badRequest("more than one ct_token header")
+		}
+		if err := add(strings.TrimSpace(v[0]), fromHeader); err != nil {
+			return "", 0, err
 		}
 	}
-	return found[0], nil
+	if cookie, n := tokenCookieValue(h); n > 1 {
+		return "", 0, badRequest("more than one ct_token cookie")
+	} else if err := add(cookie, fromCookie); err != nil {
+		return "", 0, err
+	}
+	if q := query[tokenQuery]; len(q) > 0 {
+		if len(q) > 1 {
+			return "", 0, badRequest("more than one ct_token query parameter")
+		}
+		if err := add(q[0], fromQuery); err != nil {
+			return "", 0, err
+		}
+	}
+	return found, src, nil
+}
+
+// tokenCookieValue returns the ct_token cookie and how many there were.
+// Cookie headers without the name are not parsed at all: this runs on
+// every forward-auth request.
+func tokenCookieValue(h http.Header) (string, int) {
+	var val string
+	n := 0
+	for _, line := range h.Values("Cookie") {
+		if !strings.Contains(line, tokenCookie) {
+			continue
+		}
+		for part := range strings.SplitSeq(line, ";") {
+			name, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+			if ok && name == tokenCookie {
+				n++
+				val = strings.Trim(v, `"`)
+			}
+		}
+	}
+	return val, n
+}
+
+// withoutTokenCookie returns the Cookie header values minus ct_token;
+// empty when nothing else remains.
+func withoutTokenCookie(h http.Header) string {
+	var kept []string
+	for _, line := range h.Values("Cookie") {
+		for part := range strings.SplitSeq(line, ";") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			if name, _, _ := strings.Cut(part, "="); name == tokenCookie {
+				continue
+			}
+			kept = append(kept, part)
+		}
+	}
+	return strings.Join(kept, "; ")
 }
 
 // credentialPresent reports whether the request carried any token, for

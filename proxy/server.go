@@ -9,12 +9,17 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/proxy/rules"
 )
 
 // Config tunes the HTTP API.
@@ -30,14 +35,66 @@ type Config struct {
 	// HTTP requests (set it when TLS ends in front of Portcullis).
 	SecureCookies bool
 	Logger        *slog.Logger
+
+	// Routes map requests to permissions for forward-auth and the proxy.
+	// Nil: no rules (every request is unmatched).
+	Routes *rules.Table
+	// ShadowRoutes are evaluated beside Routes and only reported.
+	ShadowRoutes *rules.Table
+	// Unmatched decides requests no rule matches: UnmatchedDeny (default)
+	// or UnmatchedAuthenticated (any valid credential).
+	Unmatched string
+	// PathOptions tune request-target normalisation.
+	PathOptions rules.PathOptions
+	// TrustedProxies may set X-Forwarded-*, X-Original-* and Forwarded.
+	TrustedProxies TrustedProxies
+	// LoginURL is where browsers without credentials are sent to sign in;
+	// "" leaves the login hint out.
+	LoginURL string
+	// LoginRedirect answers such browsers with a 302 in the Traefik,
+	// Envoy and proxy dialects (never nginx), instead of a 401 with a
+	// Location hint.
+	LoginRedirect bool
+	// AllowedRedirectHosts may be return targets after sign-in (exact
+	// names, or ".suffix" for subdomains).
+	AllowedRedirectHosts []string
+	// Upstream, when set, turns on the reverse proxy for every request
+	// that is not one of Portcullis's own endpoints.
+	Upstream *url.URL
+	// APIPrefix moves Portcullis's own endpoints under a path prefix
+	// (e.g. "/.portcullis") so they cannot collide with the app's paths.
+	APIPrefix string
+	Proxy     ProxyConfig
+	// Assertion configures signed identity assertions for upstreams.
+	Assertion AssertionConfig
+	// SubjectRateLimit and ClientRateLimit throttle decisions per subject
+	// and per client address (429 with Retry-After).
+	SubjectRateLimit, ClientRateLimit RateLimit
+	// Registerer receives the server's metrics; nil: not registered.
+	Registerer prometheus.Registerer
+}
+
+// AssertionConfig configures the X-Auth-Assertion JWT.
+type AssertionConfig struct {
+	// Always adds the assertion to every allow (else only when the
+	// forward-auth URL asks with ?assertion=true).
+	Always bool
+	// Audience of the assertion; default: the original request's host.
+	Audience string
+	// TTL is its lifetime. Default 1 minute.
+	TTL time.Duration
 }
 
 // Server is the HTTP face of Portcullis. It is an http.Handler.
 type Server struct {
-	cfg  Config
-	svc  *authz.Service
-	log  *slog.Logger
-	echo *echo.Echo
+	cfg     Config
+	svc     *authz.Service
+	log     *slog.Logger
+	echo    *echo.Echo
+	shadows *rules.Table
+	limits  *limits
+	metrics *metrics
+	reverse *httputil.ReverseProxy
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -52,20 +109,89 @@ func New(svc *authz.Service, cfg Config) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.Routes == nil {
+		cfg.Routes, _ = rules.Compile(nil)
+	}
+	if cfg.Unmatched == "" {
+		cfg.Unmatched = UnmatchedDeny
+	}
+	if cfg.Assertion.TTL <= 0 {
+		cfg.Assertion.TTL = time.Minute
+	}
+	cfg.APIPrefix = strings.TrimSuffix(cfg.APIPrefix, "/")
+	cfg.Proxy.setDefaults()
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	// The connection's own address; forwarded headers are trusted only by
-	// the forward-auth layer, from configured proxies.
-	e.IPExtractor = echo.ExtractIPDirect()
-	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e}
+	// The client address: the connection's, or from forwarded headers
+	// when the peer is a configured trusted proxy.
+	e.IPExtractor = cfg.TrustedProxies.IPExtractor()
+	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e, shadows: cfg.ShadowRoutes}
+	if cfg.SubjectRateLimit.Rate > 0 || cfg.ClientRateLimit.Rate > 0 {
+		s.limits = &limits{subject: newLimiter(cfg.SubjectRateLimit, time.Now), client: newLimiter(cfg.ClientRateLimit, time.Now)}
+	}
+	s.metrics = newMetrics(cfg.Registerer)
+	if cfg.Upstream != nil {
+		s.reverse = s.newReverseProxy()
+	}
 	e.HTTPErrorHandler = s.handleError
 	e.Use(withScope, s.limitBody)
 	s.routes()
 	return s
 }
 
-// ServeHTTP serves the API.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.echo.ServeHTTP(w, r) }
+// ServeHTTP serves Portcullis's own endpoints and, when an upstream is
+// configured, authorizes and proxies everything else.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.APIPrefix != "" {
+		if rest, ok := cutPathPrefix(r.URL.Path, s.cfg.APIPrefix); ok {
+			r2 := new(http.Request)
+			*r2 = *r
+			u := *r.URL
+			u.Path, u.RawPath = rest, ""
+			r2.URL = &u
+			r2.RequestURI, _ = strings.CutPrefix(r.RequestURI, s.cfg.APIPrefix)
+			s.echo.ServeHTTP(w, r2)
+			return
+		}
+		if s.reverse != nil {
+			s.serveProxy(w, r)
+			return
+		}
+		s.echo.ServeHTTP(w, r)
+		return
+	}
+	if s.reverse != nil && !ownPath(r.URL.Path) {
+		s.serveProxy(w, r)
+		return
+	}
+	s.echo.ServeHTTP(w, r)
+}
+
+// ownPaths are Portcullis's endpoints when no API prefix is set; in proxy
+// mode the app cannot use them.
+var ownPaths = []string{"/auth", "/users", "/access/v1", "/openapi.json", "/.well-known"}
+
+func ownPath(p string) bool {
+	for _, own := range ownPaths {
+		if _, ok := cutPathPrefix(p, own); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// cutPathPrefix matches prefix at a segment boundary: "/auth" matches
+// "/auth" and "/auth/x", not "/author".
+func cutPathPrefix(p, prefix string) (string, bool) {
+	rest, ok := strings.CutPrefix(p, prefix)
+	if !ok || (rest != "" && rest[0] != '/') {
+		return "", false
+	}
+	if rest == "" {
+		rest = "/"
+	}
+	return rest, true
+}
 
 // Routes lists the registered routes as "METHOD PATH", for the OpenAPI drift test.
 func (s *Server) Routes() []string {
@@ -107,6 +233,11 @@ func (s *Server) routes() {
 	// router keeps ":change-password" in the id parameter.
 	e.PUT("/users/:id", s.changePassword)
 	e.GET("/users/:id/token", s.userToken)
+
+	e.GET("/auth/forward", s.forwardAuth)
+	e.HEAD("/auth/forward", s.forwardAuth)
+	e.Any(envoyPrefix, s.forwardEnvoy)
+	e.Any(envoyPrefix+"/*", s.forwardEnvoy)
 
 	e.POST("/access/v1/evaluation", s.evaluation)
 	e.POST("/access/v1/evaluations", s.evaluations)

@@ -1,0 +1,275 @@
+package proxy
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/labstack/echo/v4"
+)
+
+// envoyPrefix is where Envoy's HTTP ext_authz service sends requests:
+// path_prefix + the original path, with the original method.
+const envoyPrefix = "/auth/forward/envoy"
+
+// forwardAuth serves Traefik's ForwardAuth and nginx's auth_request
+// (including ingress-nginx) on one endpoint. The original request is
+// rebuilt from X-Original-* (nginx) or X-Forwarded-* (Traefik) headers,
+// believed only from trusted proxies.
+func (s *Server) forwardAuth(c echo.Context) error {
+	req := c.Request()
+	a, err := s.forwardAttempt(req)
+	if err != nil {
+		return err
+	}
+	v := s.Decide(req.Context(), a)
+	s.writeVerdict(c.Response(), req, &a, &v)
+	return nil
+}
+
+// forwardEnvoy serves Envoy's HTTP ext_authz: the original method, the
+// original path after our prefix, the original Host.
+func (s *Server) forwardEnvoy(c echo.Context) error {
+	req := c.Request()
+	target := strings.TrimPrefix(req.RequestURI, envoyPrefix)
+	if target == "" || target[0] == '?' {
+		target = "/" + target
+	}
+	a := Attempt{
+		Dialect:  DialectEnvoyHTTP,
+		Method:   req.Method,
+		Scheme:   "http",
+		Host:     req.Host,
+		Target:   target,
+		Header:   req.Header,
+		ClientIP: s.cfg.TrustedProxies.clientIP(req),
+	}
+	if req.TLS != nil {
+		a.Scheme = "https"
+	}
+	if s.cfg.TrustedProxies.trusted(req) {
+		if p, ok, err := singleHeader(req.Header, "X-Forwarded-Proto"); err != nil {
+			return err
+		} else if ok {
+			a.Scheme = strings.ToLower(p)
+		}
+	}
+	// No permission override here: the query belongs to the original
+	// request and any header could have come from the client. Envoy users
+	// map requests with route rules (or gRPC context_extensions).
+	v := s.Decide(req.Context(), a)
+	s.writeVerdict(c.Response(), req, &a, &v)
+	return nil
+}
+
+// forwardAttempt rebuilds the original request for /auth/forward.
+func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
+	a := Attempt{
+		Dialect:  DialectTraefik,
+		Method:   req.Method,
+		Scheme:   "http",
+		Host:     req.Host,
+		Target:   req.RequestURI,
+		Header:   req.Header,
+		ClientIP: s.cfg.TrustedProxies.clientIP(req),
+	}
+	if req.TLS != nil {
+		a.Scheme = "https"
+	}
+	q := req.URL.Query()
+	if vs := q["permission"]; len(vs) > 1 {
+		return a, badRequest("query parameter permission given more than once")
+	} else if len(vs) == 1 {
+		a.Permission = vs[0]
+	}
+	a.Assertion = q.Get("assertion") == "true"
+	if !s.cfg.TrustedProxies.trusted(req) {
+		// Judged on what the connection says: forwarded headers from
+		// anyone else are not believed.
+		return a, nil
+	}
+	h := req.Header
+	origURL, hasURL, err := singleHeader(h, "X-Original-Url")
+	if err != nil {
+		return a, err
+	}
+	origURI, hasURI, err := singleHeader(h, "X-Original-Uri")
+	if err != nil {
+		return a, err
+	}
+	fwdURI, hasFwdURI, err := singleHeader(h, "X-Forwarded-Uri")
+	if err != nil {
+		return a, err
+	}
+	if hasURL || hasURI {
+		a.Dialect = DialectNginx
+		a.Method, _, err = singleHeader(h, "X-Original-Method")
+		if err != nil {
+			return a, err
+		}
+		if hasURL {
+			scheme, host, target, ok := splitAbsoluteURL(origURL)
+			if !ok {
+				return a, badRequest("X-Original-URL: want an absolute http(s) URL")
+			}
+			a.Scheme, a.Host, a.Target = scheme, host, target
+			return a, nil
+		}
+		a.Target = origURI
+		if fh, ok, err := singleHeader(h, "X-Forwarded-Host"); err != nil {
+			return a, err
+		} else if ok {
+			a.Host = fh
+		}
+		for _, name := range []string{"X-Forwarded-Proto", "X-Scheme"} {
+			if p, ok, err := singleHeader(h, name); err != nil {
+				return a, err
+			} else if ok {
+				a.Scheme = strings.ToLower(p)
+				break
+			}
+		}
+		return a, nil
+	}
+	fwdMethod, hasMethod, err := singleHeader(h, "X-Forwarded-Method")
+	if err != nil {
+		return a, err
+	}
+	if !hasFwdURI && !hasMethod {
+		return a, nil
+	}
+	if !hasFwdURI {
+		return a, badRequest("X-Forwarded-Method without X-Forwarded-Uri")
+	}
+	a.Method, a.Target = fwdMethod, fwdURI
+	if fh, ok, err := singleHeader(h, "X-Forwarded-Host"); err != nil {
+		return a, err
+	} else if ok {
+		a.Host = fh
+	}
+	if p, ok, err := singleHeader(h, "X-Forwarded-Proto"); err != nil {
+		return a, err
+	} else if ok {
+		a.Scheme = strings.ToLower(p)
+	}
+	return a, nil
+}
+
+// splitAbsoluteURL splits "https://host:port/path?q" without decoding
+// anything: the path is normalised later, once.
+func splitAbsoluteURL(raw string) (scheme, host, target string, ok bool) {
+	scheme, rest, found := strings.Cut(raw, "://")
+	scheme = strings.ToLower(scheme)
+	if !found || (scheme != "http" && scheme != "https") {
+		return "", "", "", false
+	}
+	end := strings.IndexAny(rest, "/?")
+	if end < 0 {
+		host, target = rest, "/"
+	} else {
+		host, target = rest[:end], rest[end:]
+	}
+	if target[0] == '?' {
+		target = "/" + target
+	}
+	if host == "" || strings.ContainsAny(host, "@ \\") {
+		return "", "", "", false
+	}
+	return scheme, host, target, true
+}
+
+// writeVerdict answers a forward-auth request. Allow is always exactly 200
+// (Envoy treats any other 2xx as a denial); nginx never gets a 3xx (it
+// would turn it into a 500).
+func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) {
+	h := w.Header()
+	if v.Allowed() {
+		v.Identity.each(func(name, value string) { h[name] = []string{value} })
+		s.upstreamCredentialHeaders(h, a, v)
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	s.writeDenial(w, req, a, v)
+}
+
+// upstreamCredentialHeaders tells the proxy how to take our credential off
+// the upstream request. Envoy removes the headers we name. Traefik
+// (authResponseHeaders) and nginx (auth_request_set) replace the headers
+// we return: Authorization and Cookie come back without our token.
+func (s *Server) upstreamCredentialHeaders(h http.Header, a *Attempt, v *Verdict) {
+	if a.Dialect == DialectEnvoyHTTP {
+		remove := []string{tokenHeader}
+		if v.source&fromAuthorization != 0 {
+			remove = append(remove, "authorization")
+		}
+		if v.source&fromCookie != 0 {
+			if rest := withoutTokenCookie(a.Header); rest != "" {
+				h.Set("Cookie", rest)
+			} else {
+				remove = append(remove, "cookie")
+			}
+		}
+		h.Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(remove, ", "))
+		return
+	}
+	if auth := a.Header.Get("Authorization"); auth != "" && v.source&fromAuthorization == 0 {
+		h.Set("Authorization", auth)
+	}
+	if len(a.Header.Values("Cookie")) > 0 {
+		if v.source&fromCookie == 0 {
+			h["Cookie"] = a.Header.Values("Cookie")
+		} else if rest := withoutTokenCookie(a.Header); rest != "" {
+			h.Set("Cookie", rest)
+		}
+	}
+}
+
+// writeDenial answers a denied request: problem JSON, WWW-Authenticate on
+// 401 (RFC 6750), the login URL for browsers, Retry-After on 429.
+func (s *Server) writeDenial(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) {
+	h := w.Header()
+	status, p := s.classify(v.Err)
+	if v.Status != 0 {
+		status = v.Status
+		p.Code = status
+	}
+	switch status {
+	case http.StatusUnauthorized:
+		www := `Bearer realm="portcullis"`
+		if v.invalidToken {
+			www += `, error="invalid_token"`
+		}
+		h.Set("WWW-Authenticate", www)
+		if v.LoginURL != "" {
+			h.Set(HeaderLoginURL, v.LoginURL)
+			h.Set("Location", v.LoginURL)
+			if s.cfg.LoginRedirect && a.Dialect != DialectNginx && wantsHTML(a.Header) && a.Method == http.MethodGet {
+				w.WriteHeader(http.StatusFound)
+				return
+			}
+		}
+	case http.StatusTooManyRequests:
+		h.Set("Retry-After", strconv.Itoa(max(1, v.RetryAfter)))
+	}
+	if status >= 500 || status == http.StatusBadRequest {
+		lvl := slog.LevelDebug
+		if status >= 500 {
+			lvl = slog.LevelError
+		}
+		s.log.Log(req.Context(), lvl, "decision failed", "status", status, "dialect", string(a.Dialect),
+			"method", a.Method, "host", a.Host, "path", v.Path.String(), "err", v.Err.Error())
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if req.Method != http.MethodHead {
+		_ = json.NewEncoder(w).Encode(p)
+	}
+}
+
+// wantsHTML reports whether the client is a browser navigating.
+func wantsHTML(h http.Header) bool {
+	return strings.Contains(h.Get("Accept"), "text/html")
+}

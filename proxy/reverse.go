@@ -1,0 +1,266 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// ProxyConfig tunes the authorizing reverse proxy.
+type ProxyConfig struct {
+	// DialTimeout bounds connecting to the upstream. Default 5s.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds waiting for the upstream's response
+	// headers (504 after it). Default 60s.
+	ResponseHeaderTimeout time.Duration
+	// IdleConnTimeout closes pooled upstream connections. Default 90s.
+	IdleConnTimeout time.Duration
+	// MaxIdleConnsPerHost keeps this many upstream connections warm.
+	// Default 256: the standard library's 2 churns sockets under load.
+	MaxIdleConnsPerHost int
+	// MaxBodyBytes bounds proxied request bodies (413); 0: no limit.
+	MaxBodyBytes int64
+	// RewriteHost sends the upstream's host as Host instead of the
+	// client's.
+	RewriteHost bool
+}
+
+func (c *ProxyConfig) setDefaults() {
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.ResponseHeaderTimeout <= 0 {
+		c.ResponseHeaderTimeout = 60 * time.Second
+	}
+	if c.IdleConnTimeout <= 0 {
+		c.IdleConnTimeout = 90 * time.Second
+	}
+	if c.MaxIdleConnsPerHost <= 0 {
+		c.MaxIdleConnsPerHost = 256
+	}
+}
+
+// bufferPool recycles the 32 KiB copy buffers of proxied bodies.
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte {
+	if v, ok := b.p.Get().(*[]byte); ok {
+		return *v
+	}
+	return make([]byte, 32<<10)
+}
+
+func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
+
+type verdictKey struct{}
+
+// newReverseProxy builds the one httputil.ReverseProxy all upstreams share.
+func (s *Server) newReverseProxy() *httputil.ReverseProxy {
+	cfg := s.cfg.Proxy
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}
+	transport := &http.Transport{
+		// Never an environment proxy: the upstream is local to us.
+		Proxy:                 nil,
+		DialContext:           dialer.DialContext,
+		MaxIdleConns:          4 * cfg.MaxIdleConnsPerHost,
+		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:       cfg.IdleConnTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &httputil.ReverseProxy{
+		Rewrite:      s.rewrite,
+		Transport:    transport,
+		BufferPool:   &bufferPool{},
+		ErrorHandler: s.proxyError,
+		ErrorLog:     nil,
+	}
+}
+
+// serveProxy authorizes a request for the upstream and forwards it.
+func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
+	a := Attempt{
+		Dialect:  DialectProxy,
+		Method:   r.Method,
+		Scheme:   "http",
+		Host:     r.Host,
+		Target:   r.RequestURI,
+		Header:   r.Header,
+		ClientIP: s.cfg.TrustedProxies.clientIP(r),
+	}
+	if r.TLS != nil {
+		a.Scheme = "https"
+	} else if s.cfg.TrustedProxies.trusted(r) {
+		if p, ok, _ := singleHeader(r.Header, "X-Forwarded-Proto"); ok && (p == "https" || p == "http") {
+			a.Scheme = p
+		}
+	}
+	if err := checkUpgrade(r); err != nil {
+		v := Verdict{Status: http.StatusBadRequest, Err: err}
+		s.writeDenial(w, r, &a, &v)
+		return
+	}
+	v := s.Decide(r.Context(), a)
+	if !v.Allowed() {
+		s.writeDenial(w, r, &a, &v)
+		return
+	}
+	if v.Upstream == nil {
+		v.Upstream = s.cfg.Upstream
+	}
+	if lim := s.cfg.Proxy.MaxBodyBytes; lim > 0 && r.Body != nil {
+		if r.ContentLength > lim {
+			v := Verdict{Status: http.StatusRequestEntityTooLarge, Err: &problemError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}}
+			s.writeDenial(w, r, &a, &v)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, lim)
+	}
+	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, &proxied{v: v, a: a, trusted: s.cfg.TrustedProxies.trusted(r)})))
+}
+
+type proxied struct {
+	v       Verdict
+	a       Attempt
+	trusted bool
+}
+
+// checkUpgrade lets WebSocket upgrades through (they are authorized like
+// any request, before the 101) and refuses every other upgrade, h2c
+// included: a tunnel we cannot see into would bypass per-request checks.
+func checkUpgrade(r *http.Request) error {
+	if r.Header.Get("Http2-Settings") != "" || strings.EqualFold(r.Header.Get("Upgrade"), "h2c") {
+		return badRequest("h2c upgrades are not supported")
+	}
+	up := r.Header.Values("Upgrade")
+	if len(up) == 0 {
+		return nil
+	}
+	if len(up) > 1 || !strings.EqualFold(strings.TrimSpace(up[0]), "websocket") {
+		return badRequest("only WebSocket upgrades are supported")
+	}
+	return nil
+}
+
+// rewrite builds the upstream request: the normalised path the rules saw,
+// no credential, no client-sent identity or forwarding headers, ours set.
+func (s *Server) rewrite(pr *httputil.ProxyRequest) {
+	px := pr.In.Context().Value(verdictKey{}).(*proxied)
+	v, target := &px.v, px.v.Upstream
+	out := pr.Out
+	out.URL.Scheme, out.URL.Host = target.Scheme, target.Host
+	base := strings.TrimSuffix(target.EscapedPath(), "/")
+	escaped := base + v.Path.String()
+	decoded, err := url.PathUnescape(escaped)
+	if err != nil {
+		decoded = escaped
+	}
+	out.URL.Path, out.URL.RawPath = decoded, escaped
+	out.URL.RawQuery = stripQueryToken(v.RawQuery)
+	if s.cfg.Proxy.RewriteHost {
+		out.Host = target.Host
+	} else {
+		out.Host = pr.In.Host
+	}
+
+	h := out.Header
+	for name := range h {
+		if isForbiddenUpstreamHeader(name) {
+			delete(h, name)
+		}
+	}
+	delete(h, "Ct_token")
+	if v.source&fromAuthorization != 0 {
+		delete(h, "Authorization")
+	}
+	if v.source&fromCookie != 0 || tokenCookiePresent(h) {
+		if rest := withoutTokenCookie(h); rest != "" {
+			h.Set("Cookie", rest)
+		} else {
+			delete(h, "Cookie")
+		}
+	}
+	v.Identity.each(func(name, value string) {
+		if value != "" {
+			h[name] = []string{value}
+		}
+	})
+	clientIP := px.a.ClientIP
+	if prior := pr.In.Header.Values("X-Forwarded-For"); px.trusted && len(prior) > 0 {
+		h.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+peerAddr(pr.In).String())
+	} else {
+		h.Set("X-Forwarded-For", clientIP)
+	}
+	h.Set("X-Forwarded-Host", pr.In.Host)
+	h.Set("X-Forwarded-Proto", px.a.Scheme)
+	h.Set("X-Real-Ip", clientIP)
+}
+
+func tokenCookiePresent(h http.Header) bool {
+	_, n := tokenCookieValue(h)
+	return n > 0
+}
+
+// isForbiddenUpstreamHeader matches headers only Portcullis may set
+// upstream: identity headers under any alias ("X_Auth_User",
+// "x.auth.subject", any case) and forwarding headers from the client.
+func isForbiddenUpstreamHeader(name string) bool {
+	n := strings.Map(func(r rune) rune {
+		switch {
+		case r == '_' || r == '.':
+			return '-'
+		case 'A' <= r && r <= 'Z':
+			return r + ('a' - 'A')
+		}
+		return r
+	}, name)
+	return strings.HasPrefix(n, "x-auth-") || strings.HasPrefix(n, "x-forwarded-") || strings.HasPrefix(n, "x-original-") ||
+		n == "forwarded" || n == "x-real-ip" || n == "ct-token"
+}
+
+// stripQueryToken removes ct_token from a raw query, leaving the rest
+// byte for byte.
+func stripQueryToken(raw string) string {
+	if !strings.Contains(raw, tokenQuery) {
+		return raw
+	}
+	parts := strings.Split(raw, "&")
+	kept := parts[:0]
+	for _, p := range parts {
+		name, _, _ := strings.Cut(p, "=")
+		if dec, err := url.QueryUnescape(name); err == nil && dec == tokenQuery {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	return strings.Join(kept, "&")
+}
+
+// proxyError answers upstream failures: 504 on timeouts, 502 otherwise.
+func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := http.StatusBadGateway, "upstream unavailable"
+	var ne net.Error
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client went away; nobody is listening.
+		w.WriteHeader(499)
+		return
+	case errors.As(err, &mbe):
+		status, msg = http.StatusRequestEntityTooLarge, "request body too large"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		status, msg = http.StatusGatewayTimeout, "upstream timed out"
+	}
+	s.log.Warn("upstream request failed", "status", status, "method", r.Method, "host", r.Host, "err", err.Error())
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(Problem{Code: status, Message: msg})
+}
