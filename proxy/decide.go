@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
@@ -200,7 +199,7 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 	if a.Assertion || s.cfg.Assertion.Always {
 		aud := s.cfg.Assertion.Audience
 		if aud == "" {
-			aud = hostOnly(a.Host)
+			aud = rules.HostOnly(a.Host)
 		}
 		tok, err := s.svc.Assertion(ctx, acc, permission, aud, s.cfg.Assertion.TTL)
 		if err != nil {
@@ -235,7 +234,7 @@ func (s *Server) required(a *Attempt, v *Verdict) (string, int, error) {
 	if a.Method == "" {
 		return "", http.StatusBadRequest, badRequest("the original request method is unknown (send X-Forwarded-Method or X-Original-Method from the proxy)")
 	}
-	m, err := s.cfg.Routes.Match(rules.Request{Method: a.Method, Host: hostOnly(a.Host), Path: v.Path, Header: a.Header})
+	m, err := s.cfg.Routes.Match(rules.Request{Method: a.Method, Host: rules.HostOnly(a.Host), Path: v.Path, Header: a.Header})
 	if err != nil {
 		return "", http.StatusBadRequest, badRequest(err.Error())
 	}
@@ -273,22 +272,6 @@ func (s *Server) attemptCredential(a *Attempt, rawQuery string) (string, credent
 		query = q
 	}
 	return extractCredential(a.Header, query)
-}
-
-// hostOnly drops a port from a Host value.
-func hostOnly(h string) string {
-	if strings.HasPrefix(h, "[") {
-		if end := strings.IndexByte(h, ']'); end > 0 {
-			return h[1:end]
-		}
-		return h
-	}
-	if i := strings.LastIndexByte(h, ':'); i >= 0 {
-		if _, err := strconv.Atoi(h[i+1:]); err == nil {
-			return h[:i]
-		}
-	}
-	return h
 }
 
 // loginURL is where a browser without credentials signs in, with the

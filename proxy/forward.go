@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/portcullis/portcullis/proxy/rules"
 )
 
 // envoyPrefix is where Envoy's HTTP ext_authz service sends requests:
@@ -110,7 +112,7 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 			return a, err
 		}
 		if hasURL {
-			scheme, host, target, ok := splitAbsoluteURL(origURL)
+			scheme, host, target, ok := rules.SplitURL(origURL)
 			if !ok {
 				return a, badRequest("X-Original-URL: want an absolute http(s) URL")
 			}
@@ -155,29 +157,6 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 		a.Scheme = strings.ToLower(p)
 	}
 	return a, nil
-}
-
-// splitAbsoluteURL splits "https://host:port/path?q" without decoding
-// anything: the path is normalised later, once.
-func splitAbsoluteURL(raw string) (scheme, host, target string, ok bool) {
-	scheme, rest, found := strings.Cut(raw, "://")
-	scheme = strings.ToLower(scheme)
-	if !found || (scheme != "http" && scheme != "https") {
-		return "", "", "", false
-	}
-	end := strings.IndexAny(rest, "/?")
-	if end < 0 {
-		host, target = rest, "/"
-	} else {
-		host, target = rest[:end], rest[end:]
-	}
-	if target[0] == '?' {
-		target = "/" + target
-	}
-	if host == "" || strings.ContainsAny(host, "@ \\") {
-		return "", "", "", false
-	}
-	return scheme, host, target, true
 }
 
 // writeVerdict answers a forward-auth request. Allow is always exactly 200

@@ -14,7 +14,7 @@ func (s *Server) shadow(ctx context.Context, a *Attempt, v *Verdict, acc *authz.
 	if s.shadows == nil || a.Permission != "" {
 		return
 	}
-	m, err := s.shadows.Match(rules.Request{Method: a.Method, Host: hostOnly(a.Host), Path: v.Path, Header: a.Header})
+	m, err := s.shadows.Match(rules.Request{Method: a.Method, Host: rules.HostOnly(a.Host), Path: v.Path, Header: a.Header})
 	shadowAllows := false
 	shadowRule := m.Rule
 	switch {

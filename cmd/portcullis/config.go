@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +13,9 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/proxy/rules"
 )
 
 // Config is the whole configuration of `portcullis serve`. Every field can
@@ -46,6 +51,32 @@ type Config struct {
 
 	LogFormat string `yaml:"log_format" help:"json or text"`
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
+
+	// The sidecar: route rules, forward-auth and the reverse proxy.
+	Upstream                   string        `yaml:"upstream" help:"reverse-proxy target: authorize and forward every request that is not a Portcullis endpoint"`
+	APIPrefix                  string        `yaml:"api_prefix" help:"serve Portcullis's own endpoints under this path prefix (e.g. /.portcullis)"`
+	GRPCListen                 string        `yaml:"grpc_listen" help:"address of the Envoy ext_authz gRPC service (empty: off)"`
+	TrustedProxies             []string      `yaml:"trusted_proxies" help:"CIDRs of proxies whose X-Forwarded-*/X-Original-* headers are believed (default: none)"`
+	Routes                     []rules.Rule  `yaml:"routes" help:"route rules (configuration file only)"`
+	ShadowRoutes               []rules.Rule  `yaml:"shadow_routes" help:"rules evaluated beside routes and only reported (configuration file only)"`
+	Unmatched                  string        `yaml:"unmatched" help:"requests no route matches: deny or authenticated"`
+	AllowSemicolons            bool          `yaml:"allow_semicolons" help:"accept ';' path parameters"`
+	LoginURL                   string        `yaml:"login_url" help:"where browsers without credentials sign in (default: <api_prefix>/auth/login-page)"`
+	LoginRedirect              bool          `yaml:"login_redirect" help:"answer browsers with a 302 to login_url (Traefik, Envoy, proxy; never nginx)"`
+	AllowedRedirectHosts       []string      `yaml:"allowed_redirect_hosts" help:"hosts allowed as return targets after sign-in (.example.com: subdomains)"`
+	AssertionAlways            bool          `yaml:"assertion_always" help:"add a signed X-Auth-Assertion JWT to every allow"`
+	AssertionAudience          string        `yaml:"assertion_audience" help:"audience of assertions (default: the request's host)"`
+	AssertionTTL               time.Duration `yaml:"assertion_ttl" help:"lifetime of assertions"`
+	RateLimitSubjectRPS        int           `yaml:"rate_limit_subject_rps" help:"decisions per second per subject (0: off)"`
+	RateLimitSubjectBurst      int           `yaml:"rate_limit_subject_burst" help:"burst of the per-subject limit"`
+	RateLimitClientRPS         int           `yaml:"rate_limit_client_rps" help:"decisions per second per client address (0: off)"`
+	RateLimitClientBurst       int           `yaml:"rate_limit_client_burst" help:"burst of the per-client limit"`
+	ProxyDialTimeout           time.Duration `yaml:"proxy_dial_timeout" help:"upstream connect timeout"`
+	ProxyResponseHeaderTimeout time.Duration `yaml:"proxy_response_header_timeout" help:"upstream response header timeout (504 after it)"`
+	ProxyIdleConnTimeout       time.Duration `yaml:"proxy_idle_conn_timeout" help:"how long idle upstream connections are kept"`
+	ProxyMaxIdleConnsPerHost   int           `yaml:"proxy_max_idle_conns_per_host" help:"idle upstream connections kept per host"`
+	ProxyMaxBodyBytes          int64         `yaml:"proxy_max_body_bytes" help:"largest proxied request body (0: no limit)"`
+	ProxyRewriteHost           bool          `yaml:"proxy_rewrite_host" help:"send the upstream's host as Host instead of the client's"`
 }
 
 func defaultConfig() Config {
@@ -61,6 +92,8 @@ func defaultConfig() Config {
 		JWTIssuer:       "portcullis",
 		LogFormat:       "json",
 		LogLevel:        "info",
+		Unmatched:       "deny",
+		AssertionTTL:    time.Minute,
 	}
 }
 
@@ -99,6 +132,10 @@ func loadConfig(name string, args []string, environ []string) (Config, error) {
 	var errs []error
 	forEachField(&cfg, func(key string, v reflect.Value, _ reflect.StructField) {
 		if s, ok := env["PORTCULLIS_"+strings.ToUpper(key)]; ok {
+			if structured(v) {
+				errs = append(errs, fmt.Errorf("PORTCULLIS_%s: %s can only be set in the configuration file", strings.ToUpper(key), key))
+				return
+			}
 			if err := setValue(v, s); err != nil {
 				errs = append(errs, fmt.Errorf("PORTCULLIS_%s: %w", strings.ToUpper(key), err))
 			}
@@ -132,6 +169,12 @@ func applyFile(cfg *Config, raw []byte) error {
 			errs = append(errs, fmt.Errorf("unknown key %q", k))
 			continue
 		}
+		if structured(v) {
+			if err := decodeStructured(v, val); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", k, err))
+			}
+			continue
+		}
 		text := fmt.Sprint(val)
 		if list, isList := val.([]any); isList {
 			parts := make([]string, len(list))
@@ -149,11 +192,37 @@ func applyFile(cfg *Config, raw []byte) error {
 	return errors.Join(errs...)
 }
 
+// structured reports fields that only the YAML file can set (lists of
+// objects such as route rules).
+func structured(v reflect.Value) bool {
+	return v.Kind() == reflect.Slice && v.Type().Elem().Kind() == reflect.Struct
+}
+
+// decodeStructured decodes a YAML value into a structured field strictly:
+// an unknown key inside a rule is an error, as at the top level.
+func decodeStructured(v reflect.Value, val any) error {
+	raw, err := json.Marshal(val)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	ptr := reflect.New(v.Type())
+	if err := dec.Decode(ptr.Interface()); err != nil {
+		return err
+	}
+	v.Set(ptr.Elem())
+	return nil
+}
+
 // bindFlags defines a flag per field; parsed values are kept aside and
 // applied by the returned setters, so that flags override env and file.
 func bindFlags(fs *flag.FlagSet, cfg *Config) map[string]func() error {
 	setters := map[string]func() error{}
 	forEachField(cfg, func(key string, v reflect.Value, f reflect.StructField) {
+		if structured(v) {
+			return // file only
+		}
 		name := strings.ReplaceAll(key, "_", "-")
 		fv := &fieldValue{typ: v.Type(), isBool: v.Kind() == reflect.Bool}
 		fs.Var(fv, name, f.Tag.Get("help")+" (env PORTCULLIS_"+strings.ToUpper(key)+")")
@@ -261,6 +330,42 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("max_body_bytes %d: must be at least 1024", c.MaxBodyBytes))
+	}
+	if c.Upstream != "" {
+		if _, err := rules.ParseUpstream(c.Upstream); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.APIPrefix != "" && (!strings.HasPrefix(c.APIPrefix, "/") || strings.HasSuffix(c.APIPrefix, "/") || strings.ContainsAny(c.APIPrefix, "?#%\\ ")) {
+		errs = append(errs, fmt.Errorf("api_prefix %q: want a path such as /.portcullis (leading '/', no trailing '/')", c.APIPrefix))
+	}
+	if _, err := proxy.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("trusted_proxies: %w", err))
+	}
+	if _, err := rules.Compile(c.Routes); err != nil {
+		errs = append(errs, fmt.Errorf("routes: %w", err))
+	}
+	if _, err := rules.Compile(c.ShadowRoutes); err != nil {
+		errs = append(errs, fmt.Errorf("shadow_routes: %w", err))
+	}
+	switch c.Unmatched {
+	case proxy.UnmatchedDeny, proxy.UnmatchedAuthenticated:
+	default:
+		errs = append(errs, fmt.Errorf("unmatched %q: want deny or authenticated", c.Unmatched))
+	}
+	if c.AssertionTTL <= 0 || c.AssertionTTL > time.Hour {
+		errs = append(errs, fmt.Errorf("assertion_ttl %v: want between 1s and 1h", c.AssertionTTL))
+	}
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"rate_limit_subject_rps", c.RateLimitSubjectRPS}, {"rate_limit_subject_burst", c.RateLimitSubjectBurst}, {"rate_limit_client_rps", c.RateLimitClientRPS}, {"rate_limit_client_burst", c.RateLimitClientBurst}, {"proxy_max_idle_conns_per_host", c.ProxyMaxIdleConnsPerHost}} {
+		if n.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %d: must not be negative", n.key, n.v))
+		}
+	}
+	if c.ProxyMaxBodyBytes < 0 {
+		errs = append(errs, fmt.Errorf("proxy_max_body_bytes %d: must not be negative", c.ProxyMaxBodyBytes))
 	}
 	switch c.LogFormat {
 	case "json", "text":

@@ -34,6 +34,10 @@ const usage = `Portcullis: authorization server, forward-auth endpoint and sidec
 
 Usage:
   portcullis serve [flags]     run the server (embedded etcd by default)
+  portcullis routes test --config F METHOD URL
+                               which route rule a request matches and the
+                               permission it needs (exit 0 matched, 1 no
+                               rule matches, 4 refused as ambiguous)
   portcullis version           print the version
 
 Run 'portcullis serve -h' for the flags.
@@ -66,6 +70,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 			return exitConfig
 		}
 		err = serve(ctx, cfg, stderr)
+	case "routes":
+		if len(args) < 2 || args[1] != "test" {
+			fmt.Fprintf(stderr, "portcullis: usage: portcullis routes test --config F METHOD URL\n")
+			return exitUsage
+		}
+		return routesTest(args[2:], stdout, stderr, environ)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "portcullis", version)
 		return exitOK

@@ -127,13 +127,23 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 
-	api := proxy.New(svc, proxy.Config{
-		AllowQueryToken: cfg.AllowQueryToken, MaxBodyBytes: cfg.MaxBodyBytes,
-		OpenRegistration: cfg.OpenRegistration, SecureCookies: cfg.SecureCookies, Logger: log,
-	})
-	apiSrv := newHTTPServer(api)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pcfg, err := proxyConfig(cfg, log, reg)
+	if err != nil {
+		return err
+	}
+	if cfg.Upstream != "" {
+		log.Info("reverse proxy on", "upstream", cfg.Upstream, "api_prefix", cfg.APIPrefix)
+	}
+	api := proxy.New(svc, pcfg)
+	apiSrv := newHTTPServer(api)
+	if cfg.Upstream != "" {
+		// Proxied downloads, uploads and WebSockets may rightly last
+		// longer than any fixed deadline; slow clients are still bounded
+		// by ReadHeaderTimeout and upstreams by the proxy timeouts.
+		apiSrv.ReadTimeout, apiSrv.WriteTimeout = 0, 0
+	}
 	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st))
 
 	for _, s := range []struct {

@@ -3,14 +3,19 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -133,5 +138,54 @@ func TestBadConfigurationExitCode(t *testing.T) {
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != exitConfig || !strings.Contains(string(out), "log_format") {
 		t.Fatalf("exit %v, output:\n%s", err, out)
+	}
+}
+
+// TestServeProxiesWithRoutes runs the binary as a sidecar: route rules
+// from the configuration file, an upstream, the admin's token.
+func TestServeProxiesWithRoutes(t *testing.T) {
+	var hits atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		fmt.Fprintf(w, "app saw %s as %s", r.URL.Path, r.Header.Get("X-Auth-Username"))
+	}))
+	defer up.Close()
+	cfg := filepath.Join(t.TempDir(), "portcullis.yaml")
+	if err := os.WriteFile(cfg, []byte("upstream: "+up.URL+"\nroutes:\n  - path: /app/**\n    permission: 'apps#{level}'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	api, _, _, _ := startServe(t, "--data-dir", t.TempDir(), "--admin-password", "adminpassword", "--config", cfg)
+	form := url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {"adminpassword"}}
+	resp, err := http.PostForm("http://"+api+"/auth/oauth/token", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	if tok.AccessToken == "" {
+		t.Fatalf("login: %d", resp.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", "http://"+api+"/app/./x", nil)
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "app saw /app/x as admin" {
+		t.Fatalf("proxied: %d %q", resp.StatusCode, body)
+	}
+	before := hits.Load()
+	resp, err = http.Get("http://" + api + "/app/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 || hits.Load() != before {
+		t.Fatalf("anonymous: %d, upstream hits %d", resp.StatusCode, hits.Load()-before)
 	}
 }

@@ -7,6 +7,7 @@ package rules
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -234,4 +235,44 @@ func segmentSafe(c byte) bool {
 		return true
 	}
 	return false
+}
+
+// SplitURL splits an absolute "http(s)://host[:port]/path?query" into its
+// scheme, host (port kept) and request target without decoding anything:
+// the path is normalised later, once.
+func SplitURL(raw string) (scheme, host, target string, ok bool) {
+	scheme, rest, found := strings.Cut(raw, "://")
+	scheme = strings.ToLower(scheme)
+	if !found || (scheme != "http" && scheme != "https") {
+		return "", "", "", false
+	}
+	end := strings.IndexAny(rest, "/?")
+	if end < 0 {
+		host, target = rest, "/"
+	} else {
+		host, target = rest[:end], rest[end:]
+	}
+	if target[0] == '?' {
+		target = "/" + target
+	}
+	if host == "" || strings.ContainsAny(host, "@ \\") {
+		return "", "", "", false
+	}
+	return scheme, host, target, true
+}
+
+// HostOnly drops a port from a Host value ("[::1]:80" → "::1").
+func HostOnly(h string) string {
+	if strings.HasPrefix(h, "[") {
+		if end := strings.IndexByte(h, ']'); end > 0 {
+			return h[1:end]
+		}
+		return h
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		if _, err := strconv.Atoi(h[i+1:]); err == nil {
+			return h[:i]
+		}
+	}
+	return h
 }
