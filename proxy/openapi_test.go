@@ -48,6 +48,7 @@ func routeToOpenAPI(route string) string {
 		return "PUT /users/{id}:change-password"
 	}
 	method, path, _ := strings.Cut(route, " ")
+	path = strings.Replace(path, "/*", "/{path}", 1)
 	return method + " " + echoParam.ReplaceAllString(path, "{$1}")
 }
 

@@ -236,8 +236,10 @@ func (s *Server) routes() {
 
 	e.GET("/auth/forward", s.forwardAuth)
 	e.HEAD("/auth/forward", s.forwardAuth)
-	e.Any(envoyPrefix, s.forwardEnvoy)
-	e.Any(envoyPrefix+"/*", s.forwardEnvoy)
+	// Envoy's HTTP ext_authz keeps the original method. Methods outside
+	// this list (WebDAV) are served by the gRPC dialect only.
+	e.Match([]string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions, http.MethodTrace},
+		envoyPrefix+"/*", s.forwardEnvoy)
 
 	e.POST("/access/v1/evaluation", s.evaluation)
 	e.POST("/access/v1/evaluations", s.evaluations)
