@@ -35,21 +35,10 @@ func (s *Server) forwardAuth(c echo.Context) error {
 // original path after our prefix, the original Host.
 func (s *Server) forwardEnvoy(c echo.Context) error {
 	req := c.Request()
-	target := strings.TrimPrefix(req.RequestURI, envoyPrefix)
-	if target == "" || target[0] == '?' {
-		target = "/" + target
-	}
-	a := Attempt{
-		Dialect:  DialectEnvoyHTTP,
-		Method:   req.Method,
-		Scheme:   "http",
-		Host:     req.Host,
-		Target:   target,
-		Header:   req.Header,
-		ClientIP: s.cfg.TrustedProxies.clientIP(req),
-	}
-	if req.TLS != nil {
-		a.Scheme = "https"
+	a := s.connectionAttempt(req, DialectEnvoyHTTP)
+	a.Target = strings.TrimPrefix(req.RequestURI, envoyPrefix)
+	if a.Target == "" || a.Target[0] == '?' {
+		a.Target = "/" + a.Target
 	}
 	if s.cfg.TrustedProxies.trusted(req) {
 		if p, ok, err := singleHeader(req.Header, "X-Forwarded-Proto"); err != nil {
@@ -66,10 +55,10 @@ func (s *Server) forwardEnvoy(c echo.Context) error {
 	return nil
 }
 
-// forwardAttempt rebuilds the original request for /auth/forward.
-func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
+// connectionAttempt describes req as the connection itself says it.
+func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 	a := Attempt{
-		Dialect:  DialectTraefik,
+		Dialect:  d,
 		Method:   req.Method,
 		Scheme:   "http",
 		Host:     req.Host,
@@ -80,6 +69,12 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 	if req.TLS != nil {
 		a.Scheme = "https"
 	}
+	return a
+}
+
+// forwardAttempt rebuilds the original request for /auth/forward.
+func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
+	a := s.connectionAttempt(req, DialectTraefik)
 	q := req.URL.Query()
 	if vs := q["permission"]; len(vs) > 1 {
 		return a, badRequest("query parameter permission given more than once")

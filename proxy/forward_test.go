@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -70,11 +71,23 @@ func (sc *sidecar) server(cfg proxy.Config) string {
 	return srv.URL
 }
 
-// send sends a request with headers given as "Name: value" pairs; a name
-// given twice is sent twice.
+// send sends a request built by newRequest and closes the body.
 func send(t *testing.T, method, u string, headers ...string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(method, u, nil)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := client.Do(newRequest(t, method, u, nil, headers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp
+}
+
+// newRequest builds a request with headers given as "Name: value" pairs;
+// a name given twice is sent twice, "Host" sets the Host.
+func newRequest(t *testing.T, method, u string, body io.Reader, headers ...string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, u, body)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,13 +99,7 @@ func send(t *testing.T, method, u string, headers ...string) *http.Response {
 		}
 		req.Header[name] = append(req.Header[name], value)
 	}
-	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp
+	return req
 }
 
 func TestForwardAuthDialects(t *testing.T) {

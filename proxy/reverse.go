@@ -87,18 +87,8 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 
 // serveProxy authorizes a request for the upstream and forwards it.
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
-	a := Attempt{
-		Dialect:  DialectProxy,
-		Method:   r.Method,
-		Scheme:   "http",
-		Host:     r.Host,
-		Target:   r.RequestURI,
-		Header:   r.Header,
-		ClientIP: s.cfg.TrustedProxies.clientIP(r),
-	}
-	if r.TLS != nil {
-		a.Scheme = "https"
-	} else if s.cfg.TrustedProxies.trusted(r) {
+	a := s.connectionAttempt(r, DialectProxy)
+	if r.TLS == nil && s.cfg.TrustedProxies.trusted(r) {
 		if p, ok, _ := singleHeader(r.Header, "X-Forwarded-Proto"); ok && (p == "https" || p == "http") {
 			a.Scheme = p
 		}

@@ -61,19 +61,7 @@ func newUpstream(t *testing.T) *upstream {
 
 func proxyGet(t *testing.T, method, u string, body io.Reader, headers ...string) (*http.Response, seen) {
 	t.Helper()
-	req, err := http.NewRequest(method, u, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, h := range headers {
-		name, value, _ := strings.Cut(h, ": ")
-		if name == "Host" {
-			req.Host = value
-			continue
-		}
-		req.Header[name] = append(req.Header[name], value)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(newRequest(t, method, u, body, headers...))
 	if err != nil {
 		t.Fatal(err)
 	}

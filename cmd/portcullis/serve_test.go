@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
 var binPath string
@@ -47,35 +48,16 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// syncBuffer collects a child's output; exec copies into it from its own
-// goroutine while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startServe runs the binary and waits until /readyz answers 200. stop ends
 // the process and waits for it; it is also registered as a cleanup.
-func startServe(t *testing.T, args ...string) (api, metrics string, logs *syncBuffer, stop func()) {
+func startServe(t *testing.T, args ...string) (api, metrics string, logs *etcdtest.SyncBuffer, stop func()) {
 	t.Helper()
 	api, metrics = freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", api, "--metrics-listen", metrics, "--log-format", "text"}, args...)...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 20 * time.Second
-	logs = &syncBuffer{}
+	logs = &etcdtest.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -254,7 +254,7 @@ func SharedExternal(t testing.TB) []string {
 var errExited = errors.New("etcd exited")
 
 // describe formats an etcd process failure with the end of its log.
-func describe(err error, log *syncBuffer) error {
+func describe(err error, log *SyncBuffer) error {
 	out := log.String()
 	if len(out) > 4000 {
 		out = "…" + out[len(out)-4000:]

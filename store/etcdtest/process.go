@@ -20,7 +20,7 @@ import (
 type process struct {
 	cmd       *exec.Cmd
 	exited    chan struct{} // closed when the process has exited
-	log       *syncBuffer
+	log       *SyncBuffer
 	endpoints []string
 	stopOnce  sync.Once
 }
@@ -52,7 +52,7 @@ func tryProcess(ctx context.Context, bin, dir string) (*process, error) {
 	peer := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	p := &process{
 		exited:    make(chan struct{}),
-		log:       new(syncBuffer),
+		log:       new(SyncBuffer),
 		endpoints: []string{client},
 	}
 	// Not exec.CommandContext: the process must outlive ctx, which only
@@ -145,20 +145,21 @@ func freePorts(n int) ([]int, error) {
 	return ports, nil
 }
 
-// syncBuffer is a bytes.Buffer safe for the concurrent writes of a
-// process's stdout and stderr and reads by the test.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for the concurrent writes of a
+// process's stdout and stderr and reads by the test; tests of other
+// processes (the portcullis binary) use it too.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
