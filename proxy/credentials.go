@@ -19,6 +19,8 @@ const (
 	tokenCookie = "ct_token"
 	tokenQuery  = "ct_token"
 	userCookie  = "ctxy_authorized_user"
+	// tokenHeaderKey is tokenHeader as net/http stores it.
+	tokenHeaderKey = "Ct_token"
 )
 
 // requestScope is everything the server learns about one request, kept in
@@ -82,7 +84,7 @@ func extractCredential(h http.Header, query url.Values) (string, credentialSourc
 		src |= from
 		return nil
 	}
-	if v := h.Values("Authorization"); len(v) > 0 {
+	if v := h["Authorization"]; len(v) > 0 {
 		if len(v) > 1 {
 			return "", 0, badRequest("more than one Authorization header")
 		}
@@ -93,7 +95,7 @@ func extractCredential(h http.Header, query url.Values) (string, credentialSourc
 			}
 		}
 	}
-	if v := h.Values(tokenHeader); len(v) > 0 {
+	if v := h[tokenHeaderKey]; len(v) > 0 {
 		if len(v) > 1 {
 			return "", 0, badRequest("more than one ct_token header")
 		}
@@ -123,7 +125,7 @@ func extractCredential(h http.Header, query url.Values) (string, credentialSourc
 func tokenCookieValue(h http.Header) (string, int) {
 	var val string
 	n := 0
-	for _, line := range h.Values("Cookie") {
+	for _, line := range h["Cookie"] {
 		if !strings.Contains(line, tokenCookie) {
 			continue
 		}

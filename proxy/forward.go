@@ -17,33 +17,50 @@ import (
 const envoyPrefix = "/auth/forward/envoy"
 
 // forwardAuth serves Traefik's ForwardAuth and nginx's auth_request
-// (including ingress-nginx) on one endpoint. The original request is
-// rebuilt from X-Original-* (nginx) or X-Forwarded-* (Traefik) headers,
-// believed only from trusted proxies.
+// (including ingress-nginx) on one endpoint. ServeHTTP calls serveForward
+// directly; the echo route exists for the route list and OpenAPI.
 func (s *Server) forwardAuth(c echo.Context) error {
-	req := c.Request()
-	a, err := s.forwardAttempt(req)
-	if err != nil {
-		return err
-	}
-	v := s.Decide(req.Context(), a)
-	s.writeVerdict(c.Response(), req, &a, &v)
+	s.serveForward(c.Response(), c.Request())
 	return nil
 }
 
-// forwardEnvoy serves Envoy's HTTP ext_authz: the original method, the
-// original path after our prefix, the original Host.
+// forwardEnvoy is forwardAuth for Envoy's HTTP ext_authz.
 func (s *Server) forwardEnvoy(c echo.Context) error {
 	req := c.Request()
+	s.serveEnvoy(c.Response(), req, strings.TrimPrefix(req.RequestURI, envoyPrefix))
+	return nil
+}
+
+// serveForward decides a Traefik or nginx forward-auth request. The
+// original request is rebuilt from X-Original-* (nginx) or X-Forwarded-*
+// (Traefik) headers, believed only from trusted proxies.
+func (s *Server) serveForward(w http.ResponseWriter, req *http.Request) {
+	a, err := s.forwardAttempt(req)
+	if err != nil {
+		v := Verdict{Status: http.StatusBadRequest, Err: err}
+		s.writeDenial(w, req, &a, &v)
+		return
+	}
+	v := s.Decide(req.Context(), a)
+	s.writeVerdict(w, req, &a, &v)
+}
+
+// serveEnvoy decides an Envoy HTTP ext_authz request: the original
+// method, the original target after our prefix, the original Host.
+func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target string) {
 	a := s.connectionAttempt(req, DialectEnvoyHTTP)
-	a.Target = strings.TrimPrefix(req.RequestURI, envoyPrefix)
+	a.Target = target
 	if a.Target == "" || a.Target[0] == '?' {
 		a.Target = "/" + a.Target
 	}
 	if s.cfg.TrustedProxies.trusted(req) {
-		if p, ok, err := singleHeader(req.Header, "X-Forwarded-Proto"); err != nil {
-			return err
-		} else if ok {
+		p, ok, err := singleHeader(req.Header, "X-Forwarded-Proto")
+		if err != nil {
+			v := Verdict{Status: http.StatusBadRequest, Err: err}
+			s.writeDenial(w, req, &a, &v)
+			return
+		}
+		if ok {
 			a.Scheme = strings.ToLower(p)
 		}
 	}
@@ -51,23 +68,26 @@ func (s *Server) forwardEnvoy(c echo.Context) error {
 	// request and any header could have come from the client. Envoy users
 	// map requests with route rules (or gRPC context_extensions).
 	v := s.Decide(req.Context(), a)
-	s.writeVerdict(c.Response(), req, &a, &v)
-	return nil
+	s.writeVerdict(w, req, &a, &v)
 }
 
 // connectionAttempt describes req as the connection itself says it.
 func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 	a := Attempt{
-		Dialect:  d,
-		Method:   req.Method,
-		Scheme:   "http",
-		Host:     req.Host,
-		Target:   req.RequestURI,
-		Header:   req.Header,
-		ClientIP: s.cfg.TrustedProxies.clientIP(req),
+		Dialect: d,
+		Method:  req.Method,
+		Scheme:  "http",
+		Host:    req.Host,
+		Target:  req.RequestURI,
+		Header:  req.Header,
 	}
 	if req.TLS != nil {
 		a.Scheme = "https"
+	}
+	// The client address costs a parse and an allocation: only the
+	// per-client rate limit and the reverse proxy need it.
+	if s.limits != nil && s.limits.client != nil {
+		a.ClientIP = s.cfg.TrustedProxies.clientIP(req)
 	}
 	return a
 }
@@ -75,13 +95,15 @@ func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 // forwardAttempt rebuilds the original request for /auth/forward.
 func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 	a := s.connectionAttempt(req, DialectTraefik)
-	q := req.URL.Query()
-	if vs := q["permission"]; len(vs) > 1 {
-		return a, badRequest("query parameter permission given more than once")
-	} else if len(vs) == 1 {
-		a.Permission = vs[0]
+	if req.URL.RawQuery != "" {
+		q := req.URL.Query()
+		if vs := q["permission"]; len(vs) > 1 {
+			return a, badRequest("query parameter permission given more than once")
+		} else if len(vs) == 1 {
+			a.Permission = vs[0]
+		}
+		a.Assertion = q.Get("assertion") == "true"
 	}
-	a.Assertion = q.Get("assertion") == "true"
 	if !s.cfg.TrustedProxies.trusted(req) {
 		// Judged on what the connection says: forwarded headers from
 		// anyone else are not believed.
@@ -160,7 +182,11 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) {
 	h := w.Header()
 	if v.Allowed() {
-		v.Identity.each(func(name, value string) { h[name] = []string{value} })
+		vals := make([]string, 0, 6)
+		v.Identity.each(func(name, value string) {
+			vals = append(vals, value)
+			h[name] = vals[len(vals)-1:]
+		})
 		s.upstreamCredentialHeaders(h, a, v)
 		w.WriteHeader(http.StatusOK)
 		return

@@ -88,6 +88,7 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 // serveProxy authorizes a request for the upstream and forwards it.
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	a := s.connectionAttempt(r, DialectProxy)
+	a.ClientIP = s.cfg.TrustedProxies.clientIP(r)
 	if r.TLS == nil && s.cfg.TrustedProxies.trusted(r) {
 		if p, ok, _ := singleHeader(r.Header, "X-Forwarded-Proto"); ok && (p == "https" || p == "http") {
 			a.Scheme = p

@@ -140,31 +140,51 @@ func New(svc *authz.Service, cfg Config) *Server {
 }
 
 // ServeHTTP serves Portcullis's own endpoints and, when an upstream is
-// configured, authorizes and proxies everything else.
+// configured, authorizes and proxies everything else. Forward-auth
+// requests, the hot path, skip echo's routing and middleware.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	apiPath, uri := r.URL.Path, r.RequestURI
 	if s.cfg.APIPrefix != "" {
-		if rest, ok := cutPathPrefix(r.URL.Path, s.cfg.APIPrefix); ok {
-			r2 := new(http.Request)
-			*r2 = *r
-			u := *r.URL
-			u.Path, u.RawPath = rest, ""
-			r2.URL = &u
-			r2.RequestURI, _ = strings.CutPrefix(r.RequestURI, s.cfg.APIPrefix)
-			s.echo.ServeHTTP(w, r2)
+		rest, ok := cutPathPrefix(apiPath, s.cfg.APIPrefix)
+		if !ok {
+			if s.reverse != nil {
+				s.serveProxy(w, r)
+				return
+			}
+			s.echo.ServeHTTP(w, r)
 			return
 		}
-		if s.reverse != nil {
-			s.serveProxy(w, r)
-			return
-		}
-		s.echo.ServeHTTP(w, r)
-		return
-	}
-	if s.reverse != nil && !ownPath(r.URL.Path) {
+		apiPath = rest
+		uri, _ = strings.CutPrefix(uri, s.cfg.APIPrefix)
+	} else if s.reverse != nil && !ownPath(apiPath) {
 		s.serveProxy(w, r)
 		return
 	}
+	switch {
+	case apiPath == "/auth/forward" && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		s.serveForward(w, r)
+		return
+	case strings.HasPrefix(apiPath, envoyPrefix+"/") && envoyMethods[r.Method]:
+		s.serveEnvoy(w, r, strings.TrimPrefix(uri, envoyPrefix))
+		return
+	}
+	if apiPath != r.URL.Path {
+		r2 := new(http.Request)
+		*r2 = *r
+		u := *r.URL
+		u.Path, u.RawPath = apiPath, ""
+		r2.URL = &u
+		r2.RequestURI = uri
+		r = r2
+	}
 	s.echo.ServeHTTP(w, r)
+}
+
+// envoyMethods are the methods the Envoy HTTP dialect serves; others
+// (WebDAV) are served by the gRPC dialect only.
+var envoyMethods = map[string]bool{
+	http.MethodGet: true, http.MethodHead: true, http.MethodPost: true, http.MethodPut: true,
+	http.MethodPatch: true, http.MethodDelete: true, http.MethodOptions: true, http.MethodTrace: true,
 }
 
 // ownPaths are Portcullis's endpoints when no API prefix is set; in proxy
@@ -238,8 +258,11 @@ func (s *Server) routes() {
 	e.HEAD("/auth/forward", s.forwardAuth)
 	// Envoy's HTTP ext_authz keeps the original method. Methods outside
 	// this list (WebDAV) are served by the gRPC dialect only.
-	e.Match([]string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions, http.MethodTrace},
-		envoyPrefix+"/*", s.forwardEnvoy)
+	envoy := make([]string, 0, len(envoyMethods))
+	for m := range envoyMethods {
+		envoy = append(envoy, m)
+	}
+	e.Match(envoy, envoyPrefix+"/*", s.forwardEnvoy)
 
 	e.POST("/access/v1/evaluation", s.evaluation)
 	e.POST("/access/v1/evaluations", s.evaluations)

@@ -73,7 +73,7 @@ func (t TrustedProxies) clientIP(r *http.Request) string {
 	if len(t) == 0 || !t.Contains(peer) {
 		return peer.String()
 	}
-	xff := r.Header.Values("X-Forwarded-For")
+	xff := r.Header["X-Forwarded-For"]
 	if len(xff) > 0 {
 		hops := strings.Split(strings.Join(xff, ","), ",")
 		for i := len(hops) - 1; i >= 0; i-- {
@@ -91,7 +91,7 @@ func (t TrustedProxies) clientIP(r *http.Request) string {
 		}
 		return peer.String()
 	}
-	if xr := r.Header.Values("X-Real-Ip"); len(xr) == 1 {
+	if xr := r.Header["X-Real-Ip"]; len(xr) == 1 {
 		if a, err := netip.ParseAddr(strings.TrimSpace(xr[0])); err == nil {
 			return a.Unmap().String()
 		}
@@ -111,7 +111,10 @@ const maxForwardedHeader = 8 << 10
 // singleHeader returns a header that must appear at most once and be of
 // bounded length; ok is false when it is absent.
 func singleHeader(h http.Header, name string) (v string, ok bool, err error) {
-	vs := h.Values(name)
+	vs := h[name] // callers pass canonical names; no per-call canonicalisation
+	if len(vs) == 0 {
+		vs = h.Values(name)
+	}
 	switch {
 	case len(vs) == 0:
 		return "", false, nil

@@ -85,7 +85,7 @@ func NormalizePath(raw string, opt PathOptions) (Path, error) {
 	if len(raw) > MaxTargetBytes {
 		return Path{}, fmt.Errorf("%w: path longer than %d bytes", ErrAmbiguous, MaxTargetBytes)
 	}
-	var p Path
+	p := Path{Segments: make([]string, 0, strings.Count(raw, "/"))}
 	rest := raw[1:]
 	for {
 		seg, more, found := strings.Cut(rest, "/")

@@ -304,28 +304,15 @@ func parseTemplate(tpl string, captures map[string]bool) ([]templatePart, error)
 		parts = append(parts, templatePart{capture: name})
 		rest = rest[open+end+1:]
 	}
-	sample := expand(parts, func(name string) string {
-		if name == "level" {
-			return "read"
-		}
-		return "x"
-	})
+	var sampleCaps []capture
+	for name := range captures {
+		sampleCaps = append(sampleCaps, capture{name, "x"})
+	}
+	sample := string(expandInto(nil, parts, sampleCaps, "read"))
 	if _, err := authz.ParsePermission(sample); err != nil {
 		return nil, fmt.Errorf("permission %q: %w", tpl, err)
 	}
 	return parts, nil
-}
-
-func expand(parts []templatePart, value func(string) string) string {
-	var b strings.Builder
-	for _, p := range parts {
-		if p.capture == "" {
-			b.WriteString(p.literal)
-		} else {
-			b.WriteString(value(p.capture))
-		}
-	}
-	return b.String()
 }
 
 // Len is the number of rules.
@@ -335,10 +322,10 @@ func (t *Table) Len() int { return len(t.rules) }
 // needs. A captured segment that cannot be part of a permission is
 // ErrBadCapture.
 func (t *Table) Match(r Request) (Match, error) {
-	host := strings.ToLower(r.Host)
+	var capBuf [8]capture
 	for i := range t.rules {
 		c := &t.rules[i]
-		caps, ok := c.matches(r, host)
+		caps, ok := c.matches(r, capBuf[:0])
 		if !ok {
 			continue
 		}
@@ -352,20 +339,13 @@ func (t *Table) Match(r Request) (Match, error) {
 		if !ok {
 			level = authz.LevelAdmin
 		}
-		var bad error
-		perm := expand(c.template, func(name string) string {
-			if name == "level" {
-				return level.String()
+		for _, cp := range caps {
+			if err := checkCapture(cp.value); err != nil {
+				return Match{}, fmt.Errorf("%w: {%s} = %q: %v", ErrBadCapture, cp.name, cp.value, err)
 			}
-			v := caps[name]
-			if err := checkCapture(v); err != nil && bad == nil {
-				bad = fmt.Errorf("%w: {%s} = %q: %v", ErrBadCapture, name, v, err)
-			}
-			return v
-		})
-		if bad != nil {
-			return Match{}, bad
 		}
+		var buf [128]byte
+		perm := string(expandInto(buf[:0], c.template, caps, level.String()))
 		if _, err := authz.ParsePermission(perm); err != nil {
 			return Match{}, fmt.Errorf("%w: %v", ErrBadCapture, err)
 		}
@@ -373,6 +353,27 @@ func (t *Table) Match(r Request) (Match, error) {
 		return m, nil
 	}
 	return Match{Index: -1}, nil
+}
+
+type capture struct{ name, value string }
+
+func expandInto(out []byte, parts []templatePart, caps []capture, level string) []byte {
+	for _, p := range parts {
+		switch p.capture {
+		case "":
+			out = append(out, p.literal...)
+		case "level":
+			out = append(out, level...)
+		default:
+			for _, c := range caps {
+				if c.name == p.capture {
+					out = append(out, c.value...)
+					break
+				}
+			}
+		}
+	}
+	return out
 }
 
 // checkCapture keeps a captured segment to exactly one permission segment.
@@ -383,10 +384,11 @@ func checkCapture(v string) error {
 	return nil
 }
 
-func (c *compiled) matches(r Request, host string) (map[string]string, bool) {
+func (c *compiled) matches(r Request, caps []capture) ([]capture, bool) {
 	if c.Host != "" {
+		host := r.Host
 		if c.hostSuffix != "" {
-			if !strings.HasSuffix(host, c.hostSuffix) || len(host) == len(c.hostSuffix) {
+			if len(host) <= len(c.hostSuffix) || !strings.EqualFold(host[len(host)-len(c.hostSuffix):], c.hostSuffix) {
 				return nil, false
 			}
 		} else if !strings.EqualFold(host, c.Host) {
@@ -400,21 +402,17 @@ func (c *compiled) matches(r Request, host string) (map[string]string, bool) {
 	if len(segs) < len(c.pattern) || (!c.tail && len(segs) != len(c.pattern)) {
 		return nil, false
 	}
-	var caps map[string]string
 	for i, p := range c.pattern {
 		switch {
 		case p.any:
 		case p.capture != "":
-			if caps == nil {
-				caps = make(map[string]string, 2)
-			}
-			caps[p.capture] = segs[i]
+			caps = append(caps, capture{p.capture, segs[i]})
 		case p.literal != segs[i]:
 			return nil, false
 		}
 	}
 	for _, h := range c.headers {
-		vs := r.Header.Values(h.name)
+		vs := r.Header[h.name]
 		if len(vs) == 0 || (h.value != "*" && (len(vs) != 1 || vs[0] != h.value)) {
 			return nil, false
 		}
