@@ -284,7 +284,15 @@ func (s *Server) loginURL(a *Attempt) string {
 	if a.Host == "" || (a.Scheme != "http" && a.Scheme != "https") || a.Method != http.MethodGet {
 		return base
 	}
-	back := a.Scheme + "://" + a.Host + a.Target
+	target := a.Target
+	if path, query, ok := strings.Cut(target, "?"); ok {
+		// A token in the query must not travel on in the return target.
+		target = path
+		if q := stripQueryToken(query); q != "" {
+			target += "?" + q
+		}
+	}
+	back := a.Scheme + "://" + a.Host + target
 	if !s.redirectAllowed(back) {
 		return base
 	}

@@ -165,6 +165,13 @@ func TestForwardAuthDialects(t *testing.T) {
 					t.Errorf("login hint %q / %q, want %q", r.Header.Get("X-Auth-Login-Url"), r.Header.Get("Location"), want)
 				}
 			}},
+		{name: "return target never carries a query token", path: "/auth/forward", headers: traefik("GET", "api.example.com", "/projects/p1/services/s1?a=1&ct_token=secret&b=2"), status: 401,
+			check: func(t *testing.T, r *http.Response) {
+				want := "https://auth.example.com/auth/login-page?rd=" + url.QueryEscape("https://api.example.com/projects/p1/services/s1?a=1&b=2")
+				if got := r.Header.Get("X-Auth-Login-Url"); got != want {
+					t.Errorf("login hint %q, want %q", got, want)
+				}
+			}},
 		{name: "return target on a foreign host is dropped", path: "/auth/forward", headers: traefik("GET", "evil.example.net", "/projects/p1/a"), status: 401,
 			check: func(t *testing.T, r *http.Response) {
 				if got := r.Header.Get("X-Auth-Login-Url"); got != "https://auth.example.com/auth/login-page" {
