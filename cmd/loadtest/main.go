@@ -1,0 +1,107 @@
+// Command loadtest measures Portcullis's sidecar on loopback against
+// baselines measured in the same run: the direct upstream, a bare echo
+// handler (baseline A) and the best plain standard-library reverse proxy
+// (baseline B), next to Portcullis's forward-auth endpoint and its
+// authorizing reverse proxy. Figures are ratios against the baselines,
+// because absolute numbers on a shared machine drift.
+//
+// Every server is a child process (this binary in its hidden serve-bench
+// mode), so that utime+stime from /proc/<pid>/stat is the CPU of that
+// server alone; the load generator runs in this process (or is wrk). The
+// targets are driven in interleaved rounds whose order alternates (A B C,
+// C B A, ...), so drift of the machine hits every target alike.
+//
+//	go run ./cmd/loadtest -duration 20s
+//	go run ./cmd/loadtest -duration 20s -gen wrk      # scripts/bench-deps.sh installs wrk
+//	go run ./cmd/loadtest -duration 5s -soak 5m       # RSS of Portcullis under a long run
+//
+// The report, a Markdown table, goes to standard output; progress goes to
+// standard error. Linux only (/proc).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == serveBenchCmd {
+		if err := serveBench(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "serve-bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	opts, err := parseFlags(os.Args[1:])
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, opts)
+	if rep != nil {
+		rep.markdown(os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadtest:", err)
+		os.Exit(1)
+	}
+}
+
+// maxSoak bounds -soak: the mode is for minutes, not for days.
+const maxSoak = 30 * time.Minute
+
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("loadtest", flag.ContinueOnError)
+	fs.DurationVar(&o.duration, "duration", 20*time.Second, "measured time per target, split into -rounds interleaved rounds")
+	fs.IntVar(&o.rounds, "rounds", 4, "interleaved rounds")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "unmeasured load per target before the first round")
+	fs.IntVar(&o.conns, "conns", 64, "keep-alive connections of the load generator")
+	gen := fs.String("gen", "go", "load generator: go (in this process) or wrk (Debian's wrk on PATH)")
+	threads := fs.Int("wrk-threads", 2, "wrk threads")
+	fs.DurationVar(&o.soak, "soak", 0, "after the table, load Portcullis this long and sample its RSS every 10s (0: off; at most 30m)")
+	fs.DurationVar(&o.soakInterval, "soak-interval", 10*time.Second, "RSS sampling interval of -soak")
+	fs.StringVar(&o.profileDir, "cpuprofile-dir", "", "servers write CPU profiles (<target>.pprof) here")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	var errs []error
+	switch *gen {
+	case "go":
+		o.gen = goGen{}
+	case "wrk":
+		o.gen = wrkGen{threads: *threads}
+	default:
+		errs = append(errs, fmt.Errorf("-gen %q: want go or wrk", *gen))
+	}
+	if o.rounds < 1 {
+		errs = append(errs, errors.New("-rounds must be at least 1"))
+	}
+	if o.duration <= 0 || o.duration/time.Duration(max(o.rounds, 1)) < 200*time.Millisecond {
+		errs = append(errs, errors.New("-duration must give each round at least 200ms"))
+	}
+	if o.conns < 1 || o.conns > 4096 {
+		errs = append(errs, errors.New("-conns must be in 1..4096"))
+	}
+	if o.soak < 0 || o.soak > maxSoak {
+		errs = append(errs, fmt.Errorf("-soak must be in 0..%s", maxSoak))
+	}
+	if o.soakInterval < time.Second {
+		errs = append(errs, errors.New("-soak-interval must be at least 1s"))
+	}
+	return o, errors.Join(errs...)
+}
