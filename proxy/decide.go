@@ -71,9 +71,7 @@ func (id *Identity) each(fn func(name, value string)) {
 	fn(HeaderUsername, id.Username)
 	fn(HeaderEmail, id.Email)
 	fn(HeaderPermission, id.Permission)
-	if id.Assertion != "" {
-		fn(HeaderAssertion, id.Assertion)
-	}
+	fn(HeaderAssertion, id.Assertion)
 }
 
 // credentialSource says where a token was found, so it can be removed

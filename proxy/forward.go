@@ -200,18 +200,11 @@ func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attem
 // we return: Authorization and Cookie come back without our token.
 func (s *Server) upstreamCredentialHeaders(h http.Header, a *Attempt, v *Verdict) {
 	if a.Dialect == DialectEnvoyHTTP {
-		remove := []string{tokenHeader}
-		if v.source&fromAuthorization != 0 {
-			remove = append(remove, "authorization")
+		r := v.CredentialRemoval(a)
+		if r.Cookie != "" {
+			h.Set("Cookie", r.Cookie)
 		}
-		if v.source&fromCookie != 0 {
-			if rest := withoutTokenCookie(a.Header); rest != "" {
-				h.Set("Cookie", rest)
-			} else {
-				remove = append(remove, "cookie")
-			}
-		}
-		h.Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(remove, ", "))
+		h.Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(r.Headers, ", "))
 		return
 	}
 	if auth := a.Header.Get("Authorization"); auth != "" && v.source&fromAuthorization == 0 {

@@ -10,8 +10,7 @@ import (
 // forward-auth endpoints do.
 
 // Each calls fn for every identity header an allowed request's upstream
-// gets, empty values included (they erase client-sent ones);
-// X-Auth-Assertion only when there is one.
+// gets, empty values included (they erase client-sent ones).
 func (id *Identity) Each(fn func(name, value string)) { id.each(fn) }
 
 // CredentialRemoval says how to take the caller's credential off the

@@ -21,6 +21,7 @@ import (
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/proxy/envoyauthz"
 	"github.com/portcullis/portcullis/store/embedetcd"
 	"github.com/portcullis/portcullis/store/etcdstore"
 )
@@ -72,6 +73,13 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return configError{fmt.Errorf("metrics listen %s: %w", cfg.MetricsListen, err)}
 	}
 	defer metricsLn.Close()
+	var grpcLn net.Listener
+	if cfg.GRPCListen != "" {
+		if grpcLn, err = net.Listen("tcp", cfg.GRPCListen); err != nil {
+			return configError{fmt.Errorf("grpc listen %s: %w", cfg.GRPCListen, err)}
+		}
+		defer grpcLn.Close()
+	}
 
 	g, ctx := errgroup.WithContext(ctx)
 	endpoints := cfg.EtcdEndpoints
@@ -156,6 +164,10 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 			}
 			return nil
 		})
+	}
+	if grpcLn != nil {
+		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api) })
+		log.Info("envoy ext_authz gRPC serving", "grpc_listen", grpcLn.Addr().String())
 	}
 	log.Info("portcullis serving", "listen", apiLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(), "version", version)
 	g.Go(func() error {

@@ -18,6 +18,11 @@ import (
 	"testing"
 	"time"
 
+	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
@@ -136,7 +141,8 @@ func TestServeProxiesWithRoutes(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("upstream: "+up.URL+"\nroutes:\n  - path: /app/**\n    permission: 'apps#{level}'\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	api, _, _, _ := startServe(t, "--data-dir", t.TempDir(), "--admin-password", "adminpassword", "--config", cfg)
+	grpcAddr := freeAddr(t)
+	api, _, _, _ := startServe(t, "--data-dir", t.TempDir(), "--admin-password", "adminpassword", "--config", cfg, "--grpc-listen", grpcAddr)
 	form := url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {"adminpassword"}}
 	resp, err := http.PostForm("http://"+api+"/auth/oauth/token", form)
 	if err != nil {
@@ -160,6 +166,27 @@ func TestServeProxiesWithRoutes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || string(body) != "app saw /app/x as admin" {
 		t.Fatalf("proxied: %d %q", resp.StatusCode, body)
+	}
+	// The same decision through Envoy's gRPC ext_authz.
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for _, c := range []struct {
+		auth string
+		code codes.Code
+	}{{"Bearer " + tok.AccessToken, codes.OK}, {"", codes.Unauthenticated}} {
+		hdrs := map[string]string{}
+		if c.auth != "" {
+			hdrs["authorization"] = c.auth
+		}
+		res, err := authv3.NewAuthorizationClient(conn).Check(context.Background(), &authv3.CheckRequest{Attributes: &authv3.AttributeContext{Request: &authv3.AttributeContext_Request{Http: &authv3.AttributeContext_HttpRequest{
+			Method: "GET", Host: "app.example.com", Path: "/app/x", Scheme: "https", Headers: hdrs,
+		}}}})
+		if err != nil || codes.Code(res.GetStatus().GetCode()) != c.code {
+			t.Fatalf("gRPC Check (%q): %v %v, want %v", c.auth, res.GetStatus(), err, c.code)
+		}
 	}
 	before := hits.Load()
 	resp, err = http.Get("http://" + api + "/app/x")

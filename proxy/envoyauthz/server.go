@@ -170,20 +170,18 @@ func allow(a *proxy.Attempt, v *proxy.Verdict) *authv3.CheckResponse {
 	var blank []string
 	v.Identity.Each(func(name, value string) {
 		name = strings.ToLower(name)
-		ok.Headers = append(ok.Headers, overwrite(name, value))
 		if value == "" {
+			// Removed rather than set empty: the client's copy must not
+			// reach the upstream, whatever this Envoy does with empty values.
 			blank = append(blank, name)
+			return
 		}
+		ok.Headers = append(ok.Headers, overwrite(name, value))
 	})
-	if v.Identity.Assertion == "" {
-		blank = append(blank, strings.ToLower(proxy.HeaderAssertion))
-	}
 	cr := v.CredentialRemoval(a)
 	if cr.Cookie != "" {
 		ok.Headers = append(ok.Headers, overwrite("cookie", cr.Cookie))
 	}
-	// Envoy removes after it sets: identity headers without a value are
-	// removed as well, whether or not this Envoy keeps empty values.
 	ok.HeadersToRemove = append(cr.Headers, blank...)
 	return &authv3.CheckResponse{
 		Status:       &rpcstatus.Status{Code: int32(codes.OK)},
