@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/url"
 	"os"
@@ -28,6 +29,10 @@ type options struct {
 	soak         time.Duration
 	soakInterval time.Duration
 	profileDir   string
+	// latency: paced phases at latencyRate req/s (0: half the tuned bare
+	// proxy's throughput), latency in all per target; 0 turns them off.
+	latency     time.Duration
+	latencyRate float64
 }
 
 // child is one server process.
@@ -131,6 +136,7 @@ type target struct {
 	req       request
 
 	phases []phase
+	paced  []phase         // the fixed-rate latency phases
 	cpu    []time.Duration // server CPU per phase
 	upCPU  []time.Duration // upstream CPU per phase
 	rss    int64           // server RSS after the last round
@@ -152,6 +158,7 @@ type report struct {
 	machine machineInfo
 	checks  []check
 	targets []*target
+	rate    float64 // of the paced phases
 	soak    *soakResult
 }
 
@@ -259,6 +266,11 @@ func run(ctx context.Context, opts options) (*report, error) {
 	for _, t := range rep.targets {
 		t.rss, _ = rss(t.server.pid())
 	}
+	if opts.latency > 0 {
+		if err := pacedRounds(ctx, opts, rep); err != nil {
+			return rep, err
+		}
+	}
 	if opts.soak > 0 {
 		s, err := soak(ctx, opts, rep.target(keyForward), rep.target(keyProxy))
 		rep.soak = s
@@ -294,6 +306,38 @@ func measure(ctx context.Context, opts options, t *target, d time.Duration) erro
 	t.phases = append(t.phases, p)
 	t.cpu = append(t.cpu, s1-s0)
 	t.upCPU = append(t.upCPU, u1-u0)
+	return nil
+}
+
+// pacedRounds measures latency below saturation: every target at the same
+// fixed rate, in interleaved rounds like the throughput rounds. At
+// saturation a closed-loop load's latency is mostly queueing (64
+// connections / throughput, Little's law); at a fixed rate it is what a
+// request costs.
+func pacedRounds(ctx context.Context, opts options, rep *report) error {
+	rep.rate = opts.latencyRate
+	if rep.rate <= 0 {
+		rep.rate = max(100, math.Round(rep.target(keyStdProxy).rps()/2/100)*100)
+	}
+	gen := goGen{rate: rep.rate}
+	per := opts.latency / time.Duration(opts.rounds)
+	for r := range opts.rounds {
+		order := slices.Clone(rep.targets)
+		if r%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, t := range order {
+			progress("latency round %d/%d at %.0f req/s: %s, %s", r+1, opts.rounds, rep.rate, t.name, per)
+			p, err := gen.run(ctx, t.server.addr, t.req, opts.conns, per, func() {}, func() {})
+			if err != nil {
+				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			if p.requests == 0 || p.non200 > 0 || p.errors > 0 {
+				return fmt.Errorf("%s at %.0f req/s: %d requests, %d not 200, %d failed", t.name, rep.rate, p.requests, p.non200, p.errors)
+			}
+			t.paced = append(t.paced, p)
+		}
+	}
 	return nil
 }
 

@@ -51,11 +51,16 @@ type generator interface {
 // http.ReadResponse, like wrk does. It is cheaper than net/http's client
 // (no read and write loop goroutines per connection and no channel hand-off
 // per request), which matters when it shares two cores with the server.
-type goGen struct{}
+//
+// With rate > 0 the connections are paced to rate requests per second in
+// all, and a latency is counted from the time the request was due, not
+// from when it was sent, so a server that falls behind is charged for the
+// wait (no coordinated omission).
+type goGen struct{ rate float64 }
 
 func (goGen) name() string { return "go" }
 
-func (goGen) run(ctx context.Context, addr string, req request, conns int, d time.Duration, start, stop window) (phase, error) {
+func (g goGen) run(ctx context.Context, addr string, req request, conns int, d time.Duration, start, stop window) (phase, error) {
 	raw := rawRequest(addr, req)
 	var dialer net.Dialer
 	workers := make([]worker, conns)
@@ -82,7 +87,12 @@ func (goGen) run(ctx context.Context, addr string, req request, conns int, d tim
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			workers[i].work(ctx, &dialer, addr, raw, &halt)
+			var interval, offset time.Duration
+			if g.rate > 0 {
+				interval = time.Duration(float64(conns) / g.rate * float64(time.Second))
+				offset = interval * time.Duration(i) / time.Duration(conns)
+			}
+			workers[i].work(ctx, &dialer, addr, raw, &halt, t0.Add(offset), interval)
 		}()
 	}
 	select {
@@ -154,14 +164,22 @@ func (w *worker) redial(ctx context.Context, dialer *net.Dialer, addr string) (n
 }
 
 // work sends requests until halt; it ends at halt, at an interrupt, or when
-// the target cannot be reached any more.
-func (w *worker) work(ctx context.Context, dialer *net.Dialer, addr string, raw []byte, halt *atomic.Bool) {
+// the target cannot be reached any more. With interval > 0 it sends one
+// request per interval from due on.
+func (w *worker) work(ctx context.Context, dialer *net.Dialer, addr string, raw []byte, halt *atomic.Bool, due time.Time, interval time.Duration) {
 	w.mu.Lock()
 	c := w.conn
 	w.mu.Unlock()
 	br := bufio.NewReaderSize(c, 16<<10)
 	for !halt.Load() {
 		t0 := time.Now()
+		if interval > 0 {
+			if wait := time.Until(due); wait > 0 {
+				time.Sleep(wait)
+			}
+			t0 = due
+			due = due.Add(interval)
+		}
 		resp, err := roundTrip(c, br, raw)
 		if halt.Load() {
 			return // completed after the window: not counted

@@ -72,6 +72,8 @@ func parseFlags(args []string) (options, error) {
 	threads := fs.Int("wrk-threads", 2, "wrk threads")
 	fs.DurationVar(&o.soak, "soak", 0, "after the table, load Portcullis this long and sample its RSS every 10s (0: off; at most 30m)")
 	fs.DurationVar(&o.soakInterval, "soak-interval", 10*time.Second, "RSS sampling interval of -soak")
+	fs.DurationVar(&o.latency, "latency-duration", 10*time.Second, "per target, latency at a fixed rate below saturation (0: off)")
+	fs.Float64Var(&o.latencyRate, "latency-rate", 0, "req/s of the fixed-rate latency rounds (0: half the tuned bare proxy's throughput)")
 	fs.StringVar(&o.profileDir, "cpuprofile-dir", "", "servers write CPU profiles (<target>.pprof) here")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -99,6 +101,12 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.soak < 0 || o.soak > maxSoak {
 		errs = append(errs, fmt.Errorf("-soak must be in 0..%s", maxSoak))
+	}
+	if o.latency < 0 || (o.latency > 0 && o.latency/time.Duration(max(o.rounds, 1)) < 200*time.Millisecond) {
+		errs = append(errs, errors.New("-latency-duration must be 0 or give each round at least 200ms"))
+	}
+	if o.latencyRate < 0 {
+		errs = append(errs, errors.New("-latency-rate must not be negative"))
 	}
 	if o.soakInterval < time.Second {
 		errs = append(errs, errors.New("-soak-interval must be at least 1s"))

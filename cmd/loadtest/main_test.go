@@ -30,7 +30,7 @@ func TestHarnessSmoke(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	opts, err := parseFlags([]string{"-duration", "1s", "-rounds", "1", "-warmup", "100ms", "-conns", "8"})
+	opts, err := parseFlags([]string{"-duration", "1s", "-rounds", "1", "-warmup", "100ms", "-conns", "8", "-latency-duration", "400ms"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,13 +57,16 @@ func TestHarnessSmoke(t *testing.T) {
 		if len(tg.phases) != 1 || tg.rps() <= 0 {
 			t.Errorf("%s: no throughput (%d phases, %.0f req/s)", tg.name, len(tg.phases), tg.rps())
 		}
+		if len(tg.paced) != 1 || tg.paced[0].requests == 0 {
+			t.Errorf("%s: no fixed-rate latency phase", tg.name)
+		}
 		if tg.rss <= 0 {
 			t.Errorf("%s: no RSS read", tg.name)
 		}
 	}
 	var out bytes.Buffer
 	rep.markdown(&out)
-	for _, want := range []string{"| Portcullis forward-auth |", "| Portcullis reverse proxy |", "forward-auth / A bare echo, req/s", "13 of 13 passed"} {
+	for _, want := range []string{"| Portcullis forward-auth |", "| Portcullis reverse proxy |", "forward-auth / A bare echo, req/s", "proxy p99 − B p99 at", "13 of 13 passed"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, out.String())
 		}
