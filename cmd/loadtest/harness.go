@@ -29,8 +29,8 @@ type options struct {
 	soak         time.Duration
 	soakInterval time.Duration
 	profileDir   string
-	// latency: paced phases at latencyRate req/s (0: half the tuned bare
-	// proxy's throughput), latency in all per target; 0 turns them off.
+	// latency: paced phases at latencyRate req/s (0: a quarter of the
+	// tuned bare proxy's throughput), latency in all per target; 0 turns them off.
 	latency     time.Duration
 	latencyRate float64
 }
@@ -317,7 +317,10 @@ func measure(ctx context.Context, opts options, t *target, d time.Duration) erro
 func pacedRounds(ctx context.Context, opts options, rep *report) error {
 	rep.rate = opts.latencyRate
 	if rep.rate <= 0 {
-		rep.rate = max(100, math.Round(rep.target(keyStdProxy).rps()/2/100)*100)
+		// A quarter of the slowest baseline's capacity: far enough below
+		// saturation that other tenants of a small shared machine do not
+		// turn every p99 into a scheduling stall (at half, they did).
+		rep.rate = max(100, math.Round(rep.target(keyStdProxy).rps()/4/100)*100)
 	}
 	gen := goGen{rate: rep.rate}
 	per := opts.latency / time.Duration(opts.rounds)

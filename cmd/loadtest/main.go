@@ -73,7 +73,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.soak, "soak", 0, "after the table, load Portcullis this long and sample its RSS every 10s (0: off; at most 30m)")
 	fs.DurationVar(&o.soakInterval, "soak-interval", 10*time.Second, "RSS sampling interval of -soak")
 	fs.DurationVar(&o.latency, "latency-duration", 10*time.Second, "per target, latency at a fixed rate below saturation (0: off)")
-	fs.Float64Var(&o.latencyRate, "latency-rate", 0, "req/s of the fixed-rate latency rounds (0: half the tuned bare proxy's throughput)")
+	fs.Float64Var(&o.latencyRate, "latency-rate", 0, "req/s of the fixed-rate latency rounds (0: a quarter of the tuned bare proxy's throughput)")
 	fs.StringVar(&o.profileDir, "cpuprofile-dir", "", "servers write CPU profiles (<target>.pprof) here")
 	if err := fs.Parse(args); err != nil {
 		return o, err
