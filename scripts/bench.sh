@@ -2,8 +2,8 @@
 # Every performance figure of docs/PERFORMANCE.md in one command: the Go
 # benchmarks of the decision engine and the forward-auth handler, then the
 # load harness (cmd/loadtest). Everything is printed; nothing is asserted.
-# Not part of CI: it takes about 15 minutes (plus the soak, when asked for)
-# and several GiB of memory for the 1M-grant store.
+# Not part of CI: it takes about 10 minutes (plus the soak, when asked for)
+# and loads 2 million keys into an embedded etcd for the 1M-grant store.
 #
 # Knobs (environment):
 #   BENCH_COUNT=5                 -count of the Go benchmarks
