@@ -122,6 +122,10 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 	if err != nil {
 		return a, err
 	}
+	fwdMethod, hasMethod, err := singleHeader(h, "X-Forwarded-Method")
+	if err != nil {
+		return a, err
+	}
 	if hasURL || hasURI {
 		a.Dialect = DialectNginx
 		a.Method, _, err = singleHeader(h, "X-Original-Method")
@@ -134,27 +138,30 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 				return a, badRequest("X-Original-URL: want an absolute http(s) URL")
 			}
 			a.Scheme, a.Host, a.Target = scheme, host, target
-			return a, nil
-		}
-		a.Target = origURI
-		if fh, ok, err := singleHeader(h, "X-Forwarded-Host"); err != nil {
-			return a, err
-		} else if ok {
-			a.Host = fh
-		}
-		for _, name := range []string{"X-Forwarded-Proto", "X-Scheme"} {
-			if p, ok, err := singleHeader(h, name); err != nil {
+		} else {
+			a.Target = origURI
+			if fh, ok, err := singleHeader(h, "X-Forwarded-Host"); err != nil {
 				return a, err
 			} else if ok {
-				a.Scheme = strings.ToLower(p)
-				break
+				a.Host = fh
+			}
+			for _, name := range []string{"X-Forwarded-Proto", "X-Scheme"} {
+				if p, ok, err := singleHeader(h, name); err != nil {
+					return a, err
+				} else if ok {
+					a.Scheme = strings.ToLower(p)
+					break
+				}
 			}
 		}
+		// Proxies pass client headers through (nginx's subrequest, Traefik
+		// without authRequestHeaders), so a second description of the
+		// request may be the client's: when two disagree, which one the
+		// proxy acted on is unknowable. Refuse rather than guess.
+		if (hasURI && origURI != a.Target) || (hasFwdURI && fwdURI != a.Target) || (hasMethod && fwdMethod != a.Method) {
+			return a, badRequest("conflicting descriptions of the original request (X-Original-URL, X-Original-URI, X-Forwarded-Uri or the methods disagree)")
+		}
 		return a, nil
-	}
-	fwdMethod, hasMethod, err := singleHeader(h, "X-Forwarded-Method")
-	if err != nil {
-		return a, err
 	}
 	if !hasFwdURI && !hasMethod {
 		return a, nil
@@ -210,12 +217,9 @@ func (s *Server) upstreamCredentialHeaders(h http.Header, a *Attempt, v *Verdict
 	if auth := a.Header.Get("Authorization"); auth != "" && v.source&fromAuthorization == 0 {
 		h.Set("Authorization", auth)
 	}
-	if len(a.Header.Values("Cookie")) > 0 {
-		if v.source&fromCookie == 0 {
-			h["Cookie"] = a.Header.Values("Cookie")
-		} else if rest := withoutTokenCookie(a.Header); rest != "" {
-			h.Set("Cookie", rest)
-		}
+	// One Cookie line: nginx's $upstream_http_cookie sees only the first.
+	if rest := withoutTokenCookie(a.Header); rest != "" {
+		h.Set("Cookie", rest)
 	}
 }
 

@@ -214,6 +214,9 @@ func TestForwardAuthDialects(t *testing.T) {
 				}
 			}},
 		{name: "nginx X-Original-URI with host", path: "/auth/forward", headers: []string{"X-Original-Uri: /projects/p1/services/s1", "X-Original-Method: GET", "X-Forwarded-Host: api.example.com", bearer}, status: 200},
+		{name: "client X-Original-URL beside Traefik's headers refused", path: "/auth/forward", headers: with(traefik("GET", "x.example.com", "/projects/p2/a"), "X-Original-Url: http://x.example.com/public/x", "X-Original-Method: GET"), status: 400},
+		{name: "X-Original-URL and X-Original-URI disagree", path: "/auth/forward", headers: []string{"X-Original-Url: http://x.example.com/public/x", "X-Original-Uri: /projects/p2/a", "X-Original-Method: GET"}, status: 400},
+		{name: "ingress-nginx URL and URI agree", path: "/auth/forward", headers: []string{"X-Original-Url: http://x.example.com/projects/p1/a?q=1", "X-Original-Uri: /projects/p1/a?q=1", "X-Original-Method: GET", bearer}, status: 200},
 		{name: "nginx without method refused", path: "/auth/forward", headers: []string{"X-Original-Uri: /projects/p1/a", bearer}, status: 400},
 		{name: "nginx bad URL", path: "/auth/forward", headers: []string{"X-Original-Url: javascript:alert(1)", "X-Original-Method: GET", bearer}, status: 400},
 		{name: "nginx never gets a redirect", path: "/auth/forward", headers: []string{"X-Original-Url: https://api.example.com/projects/p1/services/s1", "X-Original-Method: GET", "Accept: text/html"}, status: 401},

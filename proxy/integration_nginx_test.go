@@ -294,7 +294,9 @@ func TestNginxMinimalAuthHeaders(t *testing.T) {
 	host := "Host: app.example.com"
 
 	up.run(t, "client-sent X-Forwarded-Uri", func(t *testing.T) {
-		nginxDo(t, "GET", front+"/projects/p1/secret", nil, host, "Accept: application/json", "X-Forwarded-Method: GET", "X-Forwarded-Uri: /public/x").wantStatus(t, 401)
+		// Two descriptions of the request disagree: Portcullis refuses
+		// with 400, which nginx reports as 500. Never an allow.
+		nginxDo(t, "GET", front+"/projects/p1/secret", nil, host, "Accept: application/json", "X-Forwarded-Method: GET", "X-Forwarded-Uri: /public/x").wantStatus(t, 500)
 		up.none(t)
 	})
 	up.run(t, "client-sent X-Original-URL", func(t *testing.T) {
@@ -302,7 +304,7 @@ func TestNginxMinimalAuthHeaders(t *testing.T) {
 		if r.Status == 200 {
 			knownEngineBug(t, "X-Original-URL is preferred to X-Original-URI: a client-sent X-Original-URL: http://app.example.com/public/x made an unauthenticated GET /projects/p1/secret through nginx an allow, and the app got it")
 		}
-		r.wantStatus(t, 401)
+		r.wantStatus(t, 500) // Portcullis's 400: the URL and the URI disagree
 		up.none(t)
 	})
 }
