@@ -251,6 +251,20 @@ type Store interface {
 	// does a call after the code expired.
 	TakeAuthCode(ctx context.Context, digest string) (AuthCode, error)
 
+	// TakeLoginAttempt counts one sign-in attempt against account (an
+	// opaque key without '/' chosen by authz) in one atomic compare-and-set
+	// write shared by every replica: when fewer than limit attempts were
+	// counted in the current window it adds one and returns ok=true;
+	// otherwise it returns ok=false and when the window ends. A window opens
+	// with the first attempt counted and lasts window; the count then starts
+	// from zero again. Of any number of concurrent calls, at most limit
+	// succeed in one window.
+	TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (ok bool, windowEnd time.Time, err error)
+	// ReturnLoginAttempt takes back one attempt counted in the current
+	// window of account (the sign-in succeeded, so it was no failure). It
+	// does nothing when nothing is counted or the window has ended.
+	ReturnLoginAttempt(ctx context.Context, account string) error
+
 	// SigningKeys returns every stored signing key, in no particular order.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
 	// AddSigningKey stores k; ErrConflict if a key with that id exists.

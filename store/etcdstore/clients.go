@@ -172,3 +172,99 @@ func (s *Store) DeleteSigningKey(ctx context.Context, id string) (authz.Revision
 	}
 	return resp.Header.Revision, nil
 }
+
+// loginAttempts is the value of a login-attempts/ key: the attempts
+// counted in the window that ends at WindowEnd.
+type loginAttempts struct {
+	Count     int       `json:"count"`
+	WindowEnd time.Time `json:"window_end"`
+}
+
+// TakeLoginAttempt implements authz.Store with a compare-and-set loop on
+// the counter's mod revision, so concurrent callers on every replica share
+// one count. A new window's key is put on a lease ending with the window;
+// later increments keep that lease.
+func (s *Store) TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (bool, time.Time, error) {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	const op = "take login attempt"
+	key := loginAttemptsKey(account)
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		if err := backoff(ctx, attempt); err != nil {
+			return false, time.Time{}, s.fail(ctx, op, err)
+		}
+		resp, err := s.kv.Get(ctx, key)
+		if err != nil {
+			return false, time.Time{}, s.fail(ctx, op, err)
+		}
+		var cur loginAttempts
+		var modRev int64
+		if len(resp.Kvs) > 0 {
+			modRev = resp.Kvs[0].ModRevision
+			if err := decode(resp.Kvs[0].Value, &cur, key); err != nil {
+				return false, time.Time{}, err
+			}
+		}
+		now := time.Now()
+		var put clientv3.Op
+		lease := clientv3.NoLease
+		if modRev == 0 || !now.Before(cur.WindowEnd) {
+			next := loginAttempts{Count: 1, WindowEnd: now.Add(window).UTC()}
+			if lease, err = s.grantLease(ctx, op, next.WindowEnd); err != nil {
+				return false, time.Time{}, err
+			}
+			put = clientv3.OpPut(key, encode(next), clientv3.WithLease(lease))
+		} else if cur.Count >= limit {
+			return false, cur.WindowEnd, nil
+		} else {
+			put = clientv3.OpPut(key, encode(loginAttempts{Count: cur.Count + 1, WindowEnd: cur.WindowEnd}), clientv3.WithIgnoreLease())
+		}
+		tr, err := s.commit(ctx, op, []clientv3.Cmp{unchanged(key, modRev)}, []clientv3.Op{put}, nil)
+		if err != nil {
+			s.dropLease(ctx, lease)
+			return false, time.Time{}, err
+		}
+		if tr.Succeeded {
+			return true, time.Time{}, nil
+		}
+		s.dropLease(ctx, lease)
+	}
+	return false, time.Time{}, fmt.Errorf("%s: %w: too much contention", op, authz.ErrUnavailable)
+}
+
+// ReturnLoginAttempt implements authz.Store.
+func (s *Store) ReturnLoginAttempt(ctx context.Context, account string) error {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	const op = "return login attempt"
+	key := loginAttemptsKey(account)
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		if err := backoff(ctx, attempt); err != nil {
+			return s.fail(ctx, op, err)
+		}
+		resp, err := s.kv.Get(ctx, key)
+		if err != nil {
+			return s.fail(ctx, op, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil
+		}
+		var cur loginAttempts
+		if err := decode(resp.Kvs[0].Value, &cur, key); err != nil {
+			return err
+		}
+		if cur.Count <= 0 || !time.Now().Before(cur.WindowEnd) {
+			return nil
+		}
+		cur.Count--
+		tr, err := s.commit(ctx, op, []clientv3.Cmp{unchanged(key, resp.Kvs[0].ModRevision)},
+			[]clientv3.Op{clientv3.OpPut(key, encode(cur), clientv3.WithIgnoreLease())}, nil)
+		if err != nil {
+			return err
+		}
+		if tr.Succeeded {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: %w: too much contention", op, authz.ErrUnavailable)
+}

@@ -32,6 +32,9 @@ const (
 	pfxClients     = "clients/"      // clients/<id>: authz.ClientRecord
 	pfxAuthCodes   = "auth-codes/"   // auth-codes/<digest>: authz.AuthCode, on a lease
 	pfxSigningKeys = "signing-keys/" // signing-keys/<kid>: authz.SigningKey
+
+	// login-attempts/<account>: loginAttempts, on a lease ending with its window.
+	pfxLoginAttempts = "login-attempts/"
 )
 
 // userSubjectPrefix is how a user appears as a subject and as a resource.
@@ -57,7 +60,10 @@ func sessionKey(jti string) string     { return pfxRevokedSessions + jti }
 func clientKey(id string) string       { return pfxClients + id }
 func authCodeKey(digest string) string { return pfxAuthCodes + digest }
 func signingKeyKey(kid string) string  { return pfxSigningKeys + kid }
-func userSubject(id string) string     { return userSubjectPrefix + id }
+func loginAttemptsKey(account string) string {
+	return pfxLoginAttempts + account
+}
+func userSubject(id string) string { return userSubjectPrefix + id }
 
 // The small JSON values of index keys. Readers of grants/ and holders/
 // ignore the value entirely: an operator may write those keys by hand with
