@@ -19,13 +19,13 @@ func (s *Service) Login(ctx context.Context, login, password string) (User, erro
 	if err != nil {
 		return User{}, err
 	}
-	ok, windowEnd, err := s.store.TakeLoginAttempt(ctx, account, s.cfg.LoginFailureLimit, s.cfg.LoginFailureWindow)
+	attempt, ok, retryAt, err := s.store.TakeLoginAttempt(ctx, account, s.cfg.LoginFailureLimit, s.cfg.LoginFailureWindow)
 	if err != nil {
 		return User{}, fmt.Errorf("login: %w", err)
 	}
 	if !ok {
 		s.log.Warn("password sign-in refused: too many failures for the account", "account", account)
-		return User{}, &ThrottledError{RetryAfter: max(windowEnd.Sub(s.now()), 0)}
+		return User{}, &ThrottledError{RetryAfter: max(retryAt.Sub(s.now()), 0)}
 	}
 	u, err := s.Authenticate(ctx, login, password)
 	if err != nil && errors.Is(err, ErrUnauthenticated) {
@@ -33,7 +33,7 @@ func (s *Service) Login(ctx context.Context, login, password string) (User, erro
 	}
 	// A success, or a failure that was not the caller's (store, context):
 	// neither is a wrong guess.
-	if rerr := s.store.ReturnLoginAttempt(ctx, account); rerr != nil {
+	if rerr := s.store.ReturnLoginAttempt(ctx, account, attempt); rerr != nil {
 		s.log.Warn("could not return a login attempt", "account", account, "err", rerr)
 	}
 	return u, err

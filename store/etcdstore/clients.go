@@ -2,6 +2,8 @@ package etcdstore
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -173,98 +175,93 @@ func (s *Store) DeleteSigningKey(ctx context.Context, id string) (authz.Revision
 	return resp.Header.Revision, nil
 }
 
-// loginAttempts is the value of a login-attempts/ key: the attempts
-// counted in the window that ends at WindowEnd.
-type loginAttempts struct {
-	Count     int       `json:"count"`
-	WindowEnd time.Time `json:"window_end"`
+// loginAttempt is the value of a login-attempts/<account>/<id> key.
+type loginAttempt struct {
+	At time.Time `json:"at"`
 }
 
-// TakeLoginAttempt implements authz.Store with a compare-and-set loop on
-// the counter's mod revision, so concurrent callers on every replica share
-// one count. A new window's key is put on a lease ending with the window;
-// later increments keep that lease.
-func (s *Store) TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (bool, time.Time, error) {
+// TakeLoginAttempt implements authz.Store without a read-modify-write
+// race: every attempt is its own key, on a lease of one window, and etcd's
+// revisions order them. An attempt is counted when no more than limit
+// attempt keys, its own included, were created at or before its revision;
+// otherwise its key is deleted again. So however many callers race on
+// however many replicas, at most limit attempts are counted in any window
+// (the window slides: each attempt expires window after it was made).
+func (s *Store) TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (string, bool, time.Time, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
 	const op = "take login attempt"
-	key := loginAttemptsKey(account)
-	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		if err := backoff(ctx, attempt); err != nil {
-			return false, time.Time{}, s.fail(ctx, op, err)
-		}
-		resp, err := s.kv.Get(ctx, key)
-		if err != nil {
-			return false, time.Time{}, s.fail(ctx, op, err)
-		}
-		var cur loginAttempts
-		var modRev int64
-		if len(resp.Kvs) > 0 {
-			modRev = resp.Kvs[0].ModRevision
-			if err := decode(resp.Kvs[0].Value, &cur, key); err != nil {
-				return false, time.Time{}, err
-			}
-		}
-		now := time.Now()
-		var put clientv3.Op
-		lease := clientv3.NoLease
-		if modRev == 0 || !now.Before(cur.WindowEnd) {
-			next := loginAttempts{Count: 1, WindowEnd: now.Add(window).UTC()}
-			if lease, err = s.grantLease(ctx, op, next.WindowEnd); err != nil {
-				return false, time.Time{}, err
-			}
-			put = clientv3.OpPut(key, encode(next), clientv3.WithLease(lease))
-		} else if cur.Count >= limit {
-			return false, cur.WindowEnd, nil
-		} else {
-			put = clientv3.OpPut(key, encode(loginAttempts{Count: cur.Count + 1, WindowEnd: cur.WindowEnd}), clientv3.WithIgnoreLease())
-		}
-		tr, err := s.commit(ctx, op, []clientv3.Cmp{unchanged(key, modRev)}, []clientv3.Op{put}, nil)
-		if err != nil {
-			s.dropLease(ctx, lease)
-			return false, time.Time{}, err
-		}
-		if tr.Succeeded {
-			return true, time.Time{}, nil
-		}
-		s.dropLease(ctx, lease)
+	pfx := loginAttemptsOf(account)
+	// Refuse without writing while the budget is spent: the common case
+	// under attack.
+	resp, err := s.kv.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return "", false, time.Time{}, s.fail(ctx, op, err)
 	}
-	return false, time.Time{}, fmt.Errorf("%s: %w: too much contention", op, authz.ErrUnavailable)
+	if resp.Count >= int64(limit) {
+		end, err := s.loginWindowEnd(ctx, pfx, window)
+		return "", false, end, err
+	}
+	now := time.Now().UTC()
+	lease, err := s.grantLease(ctx, op, now.Add(window))
+	if err != nil {
+		return "", false, time.Time{}, err
+	}
+	id := randomKeyID()
+	put, err := s.kv.Put(ctx, pfx+id, encode(loginAttempt{At: now}), clientv3.WithLease(lease))
+	if err != nil {
+		s.dropLease(ctx, lease)
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	// Not WithCountOnly: etcd counts before it filters by revision.
+	resp, err = s.kv.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(put.Header.Revision))
+	if err != nil {
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	if len(resp.Kvs) <= limit {
+		return id, true, time.Time{}, nil
+	}
+	// Revoking the lease deletes the key with it.
+	if _, err := s.lease.Revoke(ctx, lease); err != nil {
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	end, err := s.loginWindowEnd(ctx, pfx, window)
+	return "", false, end, err
+}
+
+// loginWindowEnd is when the oldest counted attempt expires.
+func (s *Store) loginWindowEnd(ctx context.Context, pfx string, window time.Duration) (time.Time, error) {
+	resp, err := s.kv.Get(ctx, pfx, append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithFirstCreate()...)...)
+	if err != nil {
+		return time.Time{}, s.fail(ctx, "read login attempts", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return time.Now(), nil
+	}
+	var a loginAttempt
+	if err := decode(resp.Kvs[0].Value, &a, string(resp.Kvs[0].Key)); err != nil {
+		return time.Time{}, err
+	}
+	return a.At.Add(window), nil
 }
 
 // ReturnLoginAttempt implements authz.Store.
-func (s *Store) ReturnLoginAttempt(ctx context.Context, account string) error {
+func (s *Store) ReturnLoginAttempt(ctx context.Context, account, id string) error {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	const op = "return login attempt"
-	key := loginAttemptsKey(account)
-	for attempt := 1; attempt <= maxAttempts; attempt++ {
-		if err := backoff(ctx, attempt); err != nil {
-			return s.fail(ctx, op, err)
-		}
-		resp, err := s.kv.Get(ctx, key)
-		if err != nil {
-			return s.fail(ctx, op, err)
-		}
-		if len(resp.Kvs) == 0 {
-			return nil
-		}
-		var cur loginAttempts
-		if err := decode(resp.Kvs[0].Value, &cur, key); err != nil {
-			return err
-		}
-		if cur.Count <= 0 || !time.Now().Before(cur.WindowEnd) {
-			return nil
-		}
-		cur.Count--
-		tr, err := s.commit(ctx, op, []clientv3.Cmp{unchanged(key, resp.Kvs[0].ModRevision)},
-			[]clientv3.Op{clientv3.OpPut(key, encode(cur), clientv3.WithIgnoreLease())}, nil)
-		if err != nil {
-			return err
-		}
-		if tr.Succeeded {
-			return nil
-		}
+	if id == "" {
+		return nil
 	}
-	return fmt.Errorf("%s: %w: too much contention", op, authz.ErrUnavailable)
+	if _, err := s.kv.Delete(ctx, loginAttemptsOf(account)+id); err != nil {
+		return s.fail(ctx, "return login attempt", err)
+	}
+	return nil
+}
+
+// randomKeyID returns 16 random hex digits for keys that only need to be
+// distinct.
+func randomKeyID() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
