@@ -104,13 +104,18 @@ var errCrossSite = &problemError{status: http.StatusForbidden, msg: "cross-site 
 
 // checkSameSite refuses a request that a browser marked as coming from
 // another site: Sec-Fetch-Site cross-site (or same-site: a sibling
-// subdomain is not us either), or an Origin that is not ours ("null"
-// included). Requests with neither header pass: they are not from a
-// browser's cross-site form or fetch.
+// subdomain is not us either), or, from browsers that do not send
+// Sec-Fetch-Site, an Origin that is not ours ("null" included). Requests
+// with neither header pass: they are not from a browser's cross-site form
+// or fetch.
 func (s *Server) checkSameSite(r *http.Request) error {
+	// Sec-Fetch-Site is set by the browser itself (a page cannot forge
+	// it) and survives privacy settings that turn Origin into "null".
 	switch r.Header.Get("Sec-Fetch-Site") {
 	case "cross-site", "same-site":
 		return errCrossSite
+	case "same-origin", "none":
+		return nil
 	}
 	if o := r.Header.Values("Origin"); len(o) > 0 {
 		if len(o) > 1 || !sameOrigin(o[0], s.origin(r)) {

@@ -100,7 +100,7 @@ func (s *Server) page(h echo.HandlerFunc) echo.HandlerFunc {
 }
 
 // renderPage writes a page with the headers every page gets: no caching,
-// no framing, no referrer, a CSP that allows only our own files.
+// no framing, no referrer to other sites, a CSP that allows only our own files.
 func (s *Server) renderPage(c echo.Context, status int, name string, d *pageData) error {
 	d.Prefix = s.cfg.APIPrefix
 	if d.CSRF == "" {
@@ -119,7 +119,9 @@ func setPageHeaders(h http.Header) {
 	h.Set("Pragma", "no-cache")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// Not no-referrer: Chromium then sends "Origin: null" with our own
+	// forms. same-origin still keeps URLs from other sites.
+	h.Set("Referrer-Policy", "same-origin")
 	// No form-action: the consent form's answer redirects to the client.
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'")
 }
