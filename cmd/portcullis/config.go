@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/portcullis/portcullis/proxy"
 )
 
 // Config is the whole configuration of `portcullis serve`. Every field can
@@ -44,23 +47,31 @@ type Config struct {
 	JWTSecretFile    string        `yaml:"jwt_secret_file" help:"file with an HS256 secret (contaxy compatibility); default: asymmetric keys in etcd"`
 	JWTIssuer        string        `yaml:"jwt_issuer" help:"issuer (iss) of session JWTs"`
 
+	PublicURL            string        `yaml:"public_url" help:"absolute URL clients reach Portcullis at (OAuth2 issuer, origin of the sign-in forms); default: from each request"`
+	TrustedProxies       []string      `yaml:"trusted_proxies" help:"comma-separated CIDRs or addresses whose X-Forwarded-* headers are believed"`
+	AllowedRedirectHosts []string      `yaml:"allowed_redirect_hosts" help:"hosts (or .suffix for subdomains) that may be return targets after sign-in"`
+	LoginFailureLimit    int           `yaml:"login_failure_limit" help:"failed password sign-ins allowed per account in login_failure_window, across replicas"`
+	LoginFailureWindow   time.Duration `yaml:"login_failure_window" help:"counting window of login_failure_limit"`
+
 	LogFormat string `yaml:"log_format" help:"json or text"`
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
 }
 
 func defaultConfig() Config {
 	return Config{
-		Listen:          ":8080",
-		MetricsListen:   ":9090",
-		DataDir:         "./data",
-		EtcdPrefix:      "/portcullis/",
-		EtcdDialTimeout: 10 * time.Second,
-		MaxBodyBytes:    1 << 20,
-		SessionTTL:      time.Hour,
-		BcryptCost:      12,
-		JWTIssuer:       "portcullis",
-		LogFormat:       "json",
-		LogLevel:        "info",
+		Listen:             ":8080",
+		MetricsListen:      ":9090",
+		DataDir:            "./data",
+		EtcdPrefix:         "/portcullis/",
+		EtcdDialTimeout:    10 * time.Second,
+		MaxBodyBytes:       1 << 20,
+		SessionTTL:         time.Hour,
+		BcryptCost:         12,
+		LoginFailureLimit:  100,
+		LoginFailureWindow: time.Hour,
+		JWTIssuer:          "portcullis",
+		LogFormat:          "json",
+		LogLevel:           "info",
 	}
 }
 
@@ -261,6 +272,26 @@ func (c Config) Validate() error {
 	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("max_body_bytes %d: must be at least 1024", c.MaxBodyBytes))
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("public_url %q: want an absolute http(s) URL without query or fragment", c.PublicURL))
+		}
+	}
+	if _, err := proxy.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		errs = append(errs, fmt.Errorf("trusted_proxies: %w", err))
+	}
+	for _, h := range c.AllowedRedirectHosts {
+		if strings.ContainsAny(h, "/:@ ") || strings.Trim(h, ".") == "" {
+			errs = append(errs, fmt.Errorf("allowed_redirect_hosts: %q is not a host name (or .suffix)", h))
+		}
+	}
+	if c.LoginFailureLimit < 1 {
+		errs = append(errs, fmt.Errorf("login_failure_limit %d: must be at least 1", c.LoginFailureLimit))
+	}
+	if c.LoginFailureWindow < time.Second {
+		errs = append(errs, fmt.Errorf("login_failure_window %v: must be at least 1s", c.LoginFailureWindow))
 	}
 	switch c.LogFormat {
 	case "json", "text":

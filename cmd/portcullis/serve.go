@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -116,6 +117,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 
 	svc, err := authz.New(ctx, st, authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
+		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
 	})
 	if err != nil {
 		return configError{err}
@@ -127,9 +129,19 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 
+	trusted, err := proxy.ParseTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		return configError{err}
+	}
+	if cfg.PublicURL == "" {
+		log.Warn("public_url is not set: the OAuth2 issuer and the origin of the sign-in forms are taken from each request's Host header")
+	} else if strings.HasPrefix(cfg.PublicURL, "http://") {
+		log.Warn("public_url is plain http: session cookies and OAuth2 codes travel unencrypted")
+	}
 	api := proxy.New(svc, proxy.Config{
 		AllowQueryToken: cfg.AllowQueryToken, MaxBodyBytes: cfg.MaxBodyBytes,
 		OpenRegistration: cfg.OpenRegistration, SecureCookies: cfg.SecureCookies, Logger: log,
+		PublicURL: cfg.PublicURL, TrustedProxies: trusted, AllowedRedirectHosts: cfg.AllowedRedirectHosts,
 	})
 	apiSrv := newHTTPServer(api)
 	reg := prometheus.NewRegistry()
