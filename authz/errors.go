@@ -1,6 +1,10 @@
 package authz
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Sentinel errors returned (wrapped) by every operation in this package and by
 // every store backend. The HTTP layer maps them to status codes with errors.Is;
@@ -24,6 +28,9 @@ var (
 	// ErrUnavailable means the store could not be reached or did not answer
 	// in time; the outcome of a write that fails with it is unknown. Maps to 503.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrThrottled means too many sign-in attempts failed for an account;
+	// the error is a *ThrottledError saying when to retry. Maps to 429.
+	ErrThrottled = errors.New("too many failed sign-in attempts")
 	// ErrCompacted is returned by Store.Watch when the requested start
 	// revision has been compacted away: events may have been missed and every
 	// cache must be flushed.
@@ -59,3 +66,16 @@ type OAuthError struct {
 func (e *OAuthError) Error() string { return e.Code + ": " + e.Description }
 
 func oauthError(code, desc string) error { return &OAuthError{Code: code, Description: desc} }
+
+// ThrottledError is returned by password sign-ins while an account's
+// failure budget is spent. It matches ErrThrottled with errors.Is.
+type ThrottledError struct {
+	RetryAfter time.Duration // until the counting window ends
+}
+
+func (e *ThrottledError) Error() string {
+	return fmt.Sprintf("too many failed sign-in attempts for this account; try again in %v", e.RetryAfter.Round(time.Second))
+}
+
+// Is makes errors.Is(err, ErrThrottled) true.
+func (e *ThrottledError) Is(target error) bool { return target == ErrThrottled }

@@ -208,6 +208,9 @@ type TokenRequest struct {
 	// LoginToken asks for a stored, revocable login token (for cookie
 	// sessions) as the access token instead of a session JWT.
 	LoginToken bool
+	// NoRefresh leaves the refresh token out of a password grant (the
+	// sign-in page keeps only the cookie).
+	NoRefresh bool
 }
 
 // TokenResponse is a successful token response (RFC 6749 §5.1).
@@ -339,7 +342,7 @@ func (s *Service) passwordGrant(ctx context.Context, req TokenRequest) (TokenRes
 	if req.Username == "" || req.Password == "" {
 		return TokenResponse{}, oauthError("invalid_request", "username and password are required")
 	}
-	user, err := s.Authenticate(ctx, req.Username, req.Password)
+	user, err := s.Login(ctx, req.Username, req.Password)
 	if err != nil {
 		if errors.Is(err, ErrUnauthenticated) {
 			return TokenResponse{}, oauthError("invalid_grant", "invalid username or password")
@@ -363,7 +366,7 @@ func (s *Service) passwordGrant(ctx context.Context, req TokenRequest) (TokenRes
 	if client != nil {
 		clientID = client.ID
 	}
-	resp, err := s.issueTokens(ctx, subject, scopes, clientID, "", req.LoginToken, true)
+	resp, err := s.issueTokens(ctx, subject, scopes, clientID, "", req.LoginToken, !req.NoRefresh)
 	if err == nil {
 		s.touchUser(ctx, user.ID)
 	}

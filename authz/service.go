@@ -36,6 +36,13 @@ type Config struct {
 	// (contaxy compatibility); it must be at least 32 bytes and not contaxy's
 	// default. Only HS256 is then accepted.
 	HMACSecret []byte
+	// LoginFailureLimit is how many password sign-ins may fail per account
+	// (username and email count together) in LoginFailureWindow, across
+	// all replicas; further attempts are refused with ErrThrottled until
+	// the window ends. Default 100.
+	LoginFailureLimit int
+	// LoginFailureWindow is the counting window of LoginFailureLimit. Default 1h.
+	LoginFailureWindow time.Duration
 	// BcryptCost is the password hashing cost, at least 10. Default 12.
 	BcryptCost int
 	// MinPasswordLength is the shortest password accepted. Default 8.
@@ -75,6 +82,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.BcryptCost == 0 {
 		c.BcryptCost = 12
+	}
+	if c.LoginFailureLimit == 0 {
+		c.LoginFailureLimit = 100
+	}
+	if c.LoginFailureWindow == 0 {
+		c.LoginFailureWindow = time.Hour
 	}
 	if c.MinPasswordLength == 0 {
 		c.MinPasswordLength = 8
@@ -125,6 +138,12 @@ func (c Config) Validate() error {
 	}
 	if c.MinPasswordLength < 1 || c.MinPasswordLength > maxPasswordBytes {
 		errs = append(errs, fmt.Errorf("minimum password length %d: must be between 1 and %d", c.MinPasswordLength, maxPasswordBytes))
+	}
+	if c.LoginFailureLimit < 1 {
+		errs = append(errs, fmt.Errorf("login failure limit %d: must be at least 1", c.LoginFailureLimit))
+	}
+	if c.LoginFailureWindow < time.Second {
+		errs = append(errs, fmt.Errorf("login failure window %v: must be at least 1s", c.LoginFailureWindow))
 	}
 	if c.MaxConcurrentHashes < 1 {
 		errs = append(errs, fmt.Errorf("max concurrent hashes %d: must be at least 1", c.MaxConcurrentHashes))

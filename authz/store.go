@@ -251,6 +251,18 @@ type Store interface {
 	// does a call after the code expired.
 	TakeAuthCode(ctx context.Context, digest string) (AuthCode, error)
 
+	// TakeLoginAttempt counts one sign-in attempt against account (an
+	// opaque key without '/' chosen by authz), shared by every replica:
+	// when fewer than limit attempts of account were counted in the last
+	// window it counts this one and returns ok=true with an id for
+	// ReturnLoginAttempt; otherwise it returns ok=false and when the oldest
+	// counted attempt expires. Of any number of concurrent calls, at most
+	// limit are counted in any window.
+	TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (id string, ok bool, retryAt time.Time, err error)
+	// ReturnLoginAttempt uncounts the attempt with that id (the sign-in
+	// succeeded, so it was no failure). Unknown and expired ids are ignored.
+	ReturnLoginAttempt(ctx context.Context, account, id string) error
+
 	// SigningKeys returns every stored signing key, in no particular order.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
 	// AddSigningKey stores k; ErrConflict if a key with that id exists.

@@ -22,7 +22,12 @@ type api struct {
 
 func newAPI(t *testing.T, cfg proxy.Config) *api {
 	t.Helper()
-	svc := newService(t)
+	return newAPIOn(t, newService(t), cfg)
+}
+
+// newAPIOn serves svc with cfg.
+func newAPIOn(t *testing.T, svc *authz.Service, cfg proxy.Config) *api {
+	t.Helper()
 	srv := httptest.NewServer(proxy.New(svc, cfg))
 	t.Cleanup(srv.Close)
 	return &api{t: t, url: srv.URL, svc: svc}

@@ -57,7 +57,17 @@ func (s *Server) handleError(err error, c echo.Context) {
 		return
 	}
 	req := c.Request()
+	var pe *pageError
+	if errors.As(err, &pe) {
+		s.logError(c, pe.status, err)
+		s.renderPageError(c, pe)
+		return
+	}
 	status, p := s.classify(err)
+	var te *authz.ThrottledError
+	if errors.As(err, &te) {
+		c.Response().Header().Set("Retry-After", retryAfter(te.RetryAfter))
+	}
 	var ore *oauthResponseError
 	if errors.As(err, &ore) {
 		h := c.Response().Header()
@@ -140,6 +150,8 @@ func (s *Server) classify(err error) (int, Problem) {
 		return http.StatusNotFound, Problem{Code: 404, Message: "not found", Explanation: publicReason(err)}
 	case errors.Is(err, authz.ErrConflict):
 		return http.StatusConflict, Problem{Code: 409, Message: "already exists", Explanation: publicReason(err)}
+	case errors.Is(err, authz.ErrThrottled):
+		return http.StatusTooManyRequests, Problem{Code: 429, Message: "too many failed sign-in attempts", Explanation: publicReason(err)}
 	case errors.Is(err, authz.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, Problem{Code: 503, Message: "store unavailable; try again"}
 	case errors.Is(err, context.Canceled):
@@ -157,13 +169,14 @@ func (s *Server) classify(err error) (int, Problem) {
 // oauthCode names an RFC 6749/6750 error code for a status.
 func oauthCode(status int) string {
 	switch status {
-	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge, http.StatusMethodNotAllowed,
+		http.StatusUnsupportedMediaType, http.StatusNotFound:
 		return "invalid_request"
 	case http.StatusUnauthorized:
 		return "invalid_token"
 	case http.StatusForbidden:
 		return "access_denied"
-	case http.StatusServiceUnavailable:
+	case http.StatusServiceUnavailable, http.StatusTooManyRequests:
 		return "temporarily_unavailable"
 	}
 	return "server_error"

@@ -110,6 +110,21 @@ func (s *Server) token(c echo.Context) error {
 			return oauthInvalid("invalid_request", "set_as_cookie must be true or false")
 		}
 	}
+	if setCookie {
+		// A cookie set by another site's form would sign the browser in
+		// to the attacker's account (login CSRF).
+		if err := s.checkSameSite(c.Request()); err != nil {
+			return err
+		}
+	}
+	password := form.Get("grant_type") == authz.GrantPassword
+	if password {
+		if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+			c.Response().Header().Set("Retry-After", retryAfter(wait))
+			return &oauthResponseError{status: http.StatusTooManyRequests, oe: &authz.OAuthError{Code: "temporarily_unavailable",
+				Description: "too many failed sign-in attempts from this address; retry later"}}
+		}
+	}
 	req := authz.TokenRequest{
 		GrantType: form.Get("grant_type"), Username: form.Get("username"), Password: form.Get("password"),
 		Scope: form.Get("scope"), ClientID: id, ClientSecret: secret, Code: form.Get("code"),
@@ -118,6 +133,10 @@ func (s *Server) token(c echo.Context) error {
 	}
 	resp, err := s.svc.RequestToken(c.Request().Context(), req)
 	if err != nil {
+		var oe *authz.OAuthError
+		if password && errors.As(err, &oe) && oe.Code == "invalid_grant" {
+			s.loginLimiter.fail(c.RealIP())
+		}
 		return asOAuth(err, basic)
 	}
 	h := c.Response().Header()
@@ -125,13 +144,7 @@ func (s *Server) token(c echo.Context) error {
 	h.Set("Pragma", "no-cache")
 	setRevision(c, resp.Revision)
 	if setCookie {
-		secure := c.Request().TLS != nil || s.cfg.SecureCookies
-		c.SetCookie(&http.Cookie{Name: tokenCookie, Value: resp.AccessToken, Path: "/", HttpOnly: true, Secure: secure,
-			SameSite: http.SameSiteLaxMode, MaxAge: int(resp.ExpiresIn)})
-		if resp.UserID != "" {
-			c.SetCookie(&http.Cookie{Name: userCookie, Value: resp.UserID, Path: "/", Secure: secure,
-				SameSite: http.SameSiteLaxMode, MaxAge: int(resp.ExpiresIn)})
-		}
+		s.setSessionCookies(c, resp.AccessToken, resp.UserID, int(resp.ExpiresIn))
 	}
 	return c.JSON(http.StatusOK, resp)
 }
@@ -191,5 +204,6 @@ func (s *Server) introspect(c echo.Context) error {
 		return err
 	}
 	c.Response().Header().Set("Cache-Control", "no-store")
+	c.Response().Header().Set("Pragma", "no-cache")
 	return c.JSON(http.StatusOK, in)
 }

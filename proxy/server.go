@@ -70,6 +70,17 @@ type Config struct {
 	// SubjectRateLimit and ClientRateLimit throttle decisions per subject
 	// and per client address (429 with Retry-After).
 	SubjectRateLimit, ClientRateLimit RateLimit
+	// PublicURL is the absolute URL under which clients reach Portcullis's
+	// endpoints (API prefix included), e.g. "https://auth.example.com". It
+	// is the OAuth2 issuer in the metadata, and the origin that browser
+	// form posts must come from. Empty: taken from each request (Host, or
+	// X-Forwarded-Host/-Proto from a trusted proxy).
+	PublicURL string
+	// LoginFailureRateLimit throttles failed password sign-ins per client
+	// address on this replica (the per-account budget, shared by all
+	// replicas, is authz's). Zero: DefaultLoginFailureRateLimit; a
+	// negative Rate switches it off.
+	LoginFailureRateLimit RateLimit
 	// Registerer receives the server's metrics; nil: not registered.
 	Registerer prometheus.Registerer
 }
@@ -93,8 +104,10 @@ type Server struct {
 	echo    *echo.Echo
 	shadows *rules.Table
 	limits  *limits
-	metrics *metrics
-	reverse *httputil.ReverseProxy
+	// loginLimiter counts failed password sign-ins per client address.
+	loginLimiter *limiter
+	metrics      *metrics
+	reverse      *httputil.ReverseProxy
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -129,12 +142,17 @@ func New(svc *authz.Service, cfg Config) *Server {
 	if cfg.SubjectRateLimit.Rate > 0 || cfg.ClientRateLimit.Rate > 0 {
 		s.limits = &limits{subject: newLimiter(cfg.SubjectRateLimit, time.Now), client: newLimiter(cfg.ClientRateLimit, time.Now)}
 	}
+	if cfg.LoginFailureRateLimit == (RateLimit{}) {
+		cfg.LoginFailureRateLimit = DefaultLoginFailureRateLimit
+	}
+	s.loginLimiter = newLimiter(cfg.LoginFailureRateLimit, time.Now)
+	s.cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	s.metrics = newMetrics(cfg.Registerer)
 	if cfg.Upstream != nil {
 		s.reverse = s.newReverseProxy()
 	}
 	e.HTTPErrorHandler = s.handleError
-	e.Use(withScope, s.limitBody)
+	e.Use(withScope, s.limitBody, s.refuseCrossSite)
 	s.routes()
 	return s
 }
@@ -242,6 +260,26 @@ func (s *Server) routes() {
 	e.POST("/auth/oauth/token", s.token)
 	e.POST("/auth/oauth/revoke", s.revoke)
 	e.POST("/auth/oauth/introspect", s.introspect)
+	e.GET("/auth/oauth/authorize", s.page(s.authorize))
+	e.POST("/auth/oauth/authorize", s.page(s.authorize))
+	e.GET("/.well-known/oauth-authorization-server", s.serverMetadata)
+	e.GET("/.well-known/openid-configuration", s.serverMetadata)
+	e.GET("/.well-known/jwks.json", s.jwks)
+
+	e.POST("/auth/clients", s.createClient)
+	e.GET("/auth/clients", s.listClients)
+	e.GET("/auth/clients/:id", s.getClient)
+	e.DELETE("/auth/clients/:id", s.deleteClient)
+
+	e.GET("/auth/login-page", s.page(s.loginPage))
+	e.GET("/auth/login", s.page(s.loginGet))
+	e.POST("/auth/login", s.page(s.login))
+	e.GET("/auth/logout", s.page(s.logout))
+	e.POST("/auth/logout", s.page(s.logout))
+	e.GET("/auth/account", s.page(s.account))
+	e.POST("/auth/account/tokens", s.page(s.createAccountToken))
+	e.POST("/auth/account/tokens/:id/revoke", s.page(s.revokeAccountToken))
+	e.GET("/auth/static/:file", s.static)
 
 	e.GET("/users", s.listUsers)
 	e.POST("/users", s.createUser)

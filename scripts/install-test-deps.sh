@@ -12,6 +12,7 @@ PACKAGES="
 etcd-server
 etcd-client
 nginx
+chromium
 "
 
 missing=""

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"reflect"
 	"strconv"
@@ -49,6 +50,12 @@ type Config struct {
 	JWTSecretFile    string        `yaml:"jwt_secret_file" help:"file with an HS256 secret (contaxy compatibility); default: asymmetric keys in etcd"`
 	JWTIssuer        string        `yaml:"jwt_issuer" help:"issuer (iss) of session JWTs"`
 
+	PublicURL            string        `yaml:"public_url" help:"absolute URL clients reach Portcullis at (OAuth2 issuer, origin of the sign-in forms); default: from each request"`
+	TrustedProxies       []string      `yaml:"trusted_proxies" help:"comma-separated CIDRs or addresses of proxies whose X-Forwarded-*/X-Original-* headers are believed (default: none)"`
+	AllowedRedirectHosts []string      `yaml:"allowed_redirect_hosts" help:"hosts (or .suffix for subdomains) that may be return targets after sign-in"`
+	LoginFailureLimit    int           `yaml:"login_failure_limit" help:"failed password sign-ins allowed per account in login_failure_window, across replicas"`
+	LoginFailureWindow   time.Duration `yaml:"login_failure_window" help:"counting window of login_failure_limit"`
+
 	LogFormat string `yaml:"log_format" help:"json or text"`
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
 
@@ -56,14 +63,12 @@ type Config struct {
 	Upstream                   string        `yaml:"upstream" help:"reverse-proxy target: authorize and forward every request that is not a Portcullis endpoint"`
 	APIPrefix                  string        `yaml:"api_prefix" help:"serve Portcullis's own endpoints under this path prefix (e.g. /.portcullis)"`
 	GRPCListen                 string        `yaml:"grpc_listen" help:"address of the Envoy ext_authz gRPC service (empty: off)"`
-	TrustedProxies             []string      `yaml:"trusted_proxies" help:"CIDRs of proxies whose X-Forwarded-*/X-Original-* headers are believed (default: none)"`
 	Routes                     []rules.Rule  `yaml:"routes" help:"route rules (configuration file only)"`
 	ShadowRoutes               []rules.Rule  `yaml:"shadow_routes" help:"rules evaluated beside routes and only reported (configuration file only)"`
 	Unmatched                  string        `yaml:"unmatched" help:"requests no route matches: deny or authenticated"`
 	AllowSemicolons            bool          `yaml:"allow_semicolons" help:"accept ';' path parameters"`
 	LoginURL                   string        `yaml:"login_url" help:"where browsers without credentials sign in (default: <api_prefix>/auth/login-page)"`
 	LoginRedirect              bool          `yaml:"login_redirect" help:"answer browsers with a 302 to login_url (Traefik, Envoy, proxy; never nginx)"`
-	AllowedRedirectHosts       []string      `yaml:"allowed_redirect_hosts" help:"hosts allowed as return targets after sign-in (.example.com: subdomains)"`
 	AssertionAlways            bool          `yaml:"assertion_always" help:"add a signed X-Auth-Assertion JWT to every allow"`
 	AssertionAudience          string        `yaml:"assertion_audience" help:"audience of assertions (default: the request's host)"`
 	AssertionTTL               time.Duration `yaml:"assertion_ttl" help:"lifetime of assertions"`
@@ -81,19 +86,21 @@ type Config struct {
 
 func defaultConfig() Config {
 	return Config{
-		Listen:          ":8080",
-		MetricsListen:   ":9090",
-		DataDir:         "./data",
-		EtcdPrefix:      "/portcullis/",
-		EtcdDialTimeout: 10 * time.Second,
-		MaxBodyBytes:    1 << 20,
-		SessionTTL:      time.Hour,
-		BcryptCost:      12,
-		JWTIssuer:       "portcullis",
-		LogFormat:       "json",
-		LogLevel:        "info",
-		Unmatched:       "deny",
-		AssertionTTL:    time.Minute,
+		Listen:             ":8080",
+		MetricsListen:      ":9090",
+		DataDir:            "./data",
+		EtcdPrefix:         "/portcullis/",
+		EtcdDialTimeout:    10 * time.Second,
+		MaxBodyBytes:       1 << 20,
+		SessionTTL:         time.Hour,
+		BcryptCost:         12,
+		LoginFailureLimit:  100,
+		LoginFailureWindow: time.Hour,
+		JWTIssuer:          "portcullis",
+		LogFormat:          "json",
+		LogLevel:           "info",
+		Unmatched:          "deny",
+		AssertionTTL:       time.Minute,
 	}
 }
 
@@ -366,6 +373,23 @@ func (c Config) Validate() error {
 	}
 	if c.ProxyMaxBodyBytes < 0 {
 		errs = append(errs, fmt.Errorf("proxy_max_body_bytes %d: must not be negative", c.ProxyMaxBodyBytes))
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("public_url %q: want an absolute http(s) URL without query or fragment", c.PublicURL))
+		}
+	}
+	for _, h := range c.AllowedRedirectHosts {
+		if strings.ContainsAny(h, "/:@ ") || strings.Trim(h, ".") == "" {
+			errs = append(errs, fmt.Errorf("allowed_redirect_hosts: %q is not a host name (or .suffix)", h))
+		}
+	}
+	if c.LoginFailureLimit < 1 {
+		errs = append(errs, fmt.Errorf("login_failure_limit %d: must be at least 1", c.LoginFailureLimit))
+	}
+	if c.LoginFailureWindow < time.Second {
+		errs = append(errs, fmt.Errorf("login_failure_window %v: must be at least 1s", c.LoginFailureWindow))
 	}
 	switch c.LogFormat {
 	case "json", "text":

@@ -31,6 +31,9 @@ func TestConfigPrecedence(t *testing.T) {
 			t.Errorf("%s = %q, want %q", name, v[0], v[1])
 		}
 	}
+	if cfg.LoginFailureLimit != 100 || cfg.LoginFailureWindow != time.Hour {
+		t.Errorf("login failure budget %d per %v, want 100 per hour by default", cfg.LoginFailureLimit, cfg.LoginFailureWindow)
+	}
 	if cfg.SessionTTL != 2*time.Hour || !cfg.AllowQueryToken {
 		t.Errorf("session_ttl %v allow_query_token %v", cfg.SessionTTL, cfg.AllowQueryToken)
 	}
@@ -58,11 +61,15 @@ func TestConfigErrors(t *testing.T) {
 	cfg.EtcdPrefix = "nope"
 	cfg.LogFormat = "xml"
 	cfg.MaxBodyBytes = 1
+	cfg.PublicURL = "auth.example.com"
+	cfg.TrustedProxies = []string{"10.0.0.0/33"}
+	cfg.AllowedRedirectHosts = []string{"https://app.example.com"}
+	cfg.LoginFailureLimit = 0
 	err := cfg.Validate()
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, want := range []string{"etcd_prefix", "log_format", "max_body_bytes"} {
+	for _, want := range []string{"etcd_prefix", "log_format", "max_body_bytes", "public_url", "trusted_proxies", "allowed_redirect_hosts", "login_failure_limit"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("validation error %q does not mention %s", err, want)
 		}

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,6 +125,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 
 	svc, err := authz.New(ctx, st, authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
+		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
 	})
 	if err != nil {
 		return configError{err}
@@ -135,6 +137,11 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return err
 	}
 
+	if cfg.PublicURL == "" {
+		log.Warn("public_url is not set: the OAuth2 issuer and the origin of the sign-in forms are taken from each request's Host header")
+	} else if strings.HasPrefix(cfg.PublicURL, "http://") {
+		log.Warn("public_url is plain http: session cookies and OAuth2 codes travel unencrypted")
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	pcfg, err := proxyConfig(cfg, log, reg)

@@ -41,6 +41,7 @@ func proxyConfig(cfg Config, log *slog.Logger, reg prometheus.Registerer) (proxy
 		MaxBodyBytes:         cfg.MaxBodyBytes,
 		OpenRegistration:     cfg.OpenRegistration,
 		SecureCookies:        cfg.SecureCookies,
+		PublicURL:            cfg.PublicURL,
 		Logger:               log,
 		Routes:               routes,
 		ShadowRoutes:         shadows,

@@ -2,6 +2,8 @@ package etcdstore
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -171,4 +173,95 @@ func (s *Store) DeleteSigningKey(ctx context.Context, id string) (authz.Revision
 		return 0, s.fail(ctx, "delete signing key", err)
 	}
 	return resp.Header.Revision, nil
+}
+
+// loginAttempt is the value of a login-attempts/<account>/<id> key.
+type loginAttempt struct {
+	At time.Time `json:"at"`
+}
+
+// TakeLoginAttempt implements authz.Store without a read-modify-write
+// race: every attempt is its own key, on a lease of one window, and etcd's
+// revisions order them. An attempt is counted when no more than limit
+// attempt keys, its own included, were created at or before its revision;
+// otherwise its key is deleted again. So however many callers race on
+// however many replicas, at most limit attempts are counted in any window
+// (the window slides: each attempt expires window after it was made).
+func (s *Store) TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (string, bool, time.Time, error) {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	const op = "take login attempt"
+	pfx := loginAttemptsOf(account)
+	// Refuse without writing while the budget is spent: the common case
+	// under attack.
+	resp, err := s.kv.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	if resp.Count >= int64(limit) {
+		end, err := s.loginWindowEnd(ctx, pfx, window)
+		return "", false, end, err
+	}
+	now := time.Now().UTC()
+	lease, err := s.grantLease(ctx, op, now.Add(window))
+	if err != nil {
+		return "", false, time.Time{}, err
+	}
+	id := randomKeyID()
+	put, err := s.kv.Put(ctx, pfx+id, encode(loginAttempt{At: now}), clientv3.WithLease(lease))
+	if err != nil {
+		s.dropLease(ctx, lease)
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	// Not WithCountOnly: etcd counts before it filters by revision.
+	resp, err = s.kv.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithMaxCreateRev(put.Header.Revision))
+	if err != nil {
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	if len(resp.Kvs) <= limit {
+		return id, true, time.Time{}, nil
+	}
+	// Revoking the lease deletes the key with it.
+	if _, err := s.lease.Revoke(ctx, lease); err != nil {
+		return "", false, time.Time{}, s.fail(ctx, op, err)
+	}
+	end, err := s.loginWindowEnd(ctx, pfx, window)
+	return "", false, end, err
+}
+
+// loginWindowEnd is when the oldest counted attempt expires.
+func (s *Store) loginWindowEnd(ctx context.Context, pfx string, window time.Duration) (time.Time, error) {
+	resp, err := s.kv.Get(ctx, pfx, append([]clientv3.OpOption{clientv3.WithPrefix()}, clientv3.WithFirstCreate()...)...)
+	if err != nil {
+		return time.Time{}, s.fail(ctx, "read login attempts", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return time.Now(), nil
+	}
+	var a loginAttempt
+	if err := decode(resp.Kvs[0].Value, &a, string(resp.Kvs[0].Key)); err != nil {
+		return time.Time{}, err
+	}
+	return a.At.Add(window), nil
+}
+
+// ReturnLoginAttempt implements authz.Store.
+func (s *Store) ReturnLoginAttempt(ctx context.Context, account, id string) error {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	if id == "" {
+		return nil
+	}
+	if _, err := s.kv.Delete(ctx, loginAttemptsOf(account)+id); err != nil {
+		return s.fail(ctx, "return login attempt", err)
+	}
+	return nil
+}
+
+// randomKeyID returns 16 random hex digits for keys that only need to be
+// distinct.
+func randomKeyID() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }

@@ -32,6 +32,10 @@ const (
 	pfxClients     = "clients/"      // clients/<id>: authz.ClientRecord
 	pfxAuthCodes   = "auth-codes/"   // auth-codes/<digest>: authz.AuthCode, on a lease
 	pfxSigningKeys = "signing-keys/" // signing-keys/<kid>: authz.SigningKey
+
+	// login-attempts/<account>/<id>: loginAttempt, one per counted sign-in
+	// attempt, on a lease of one window.
+	pfxLoginAttempts = "login-attempts/"
 )
 
 // userSubjectPrefix is how a user appears as a subject and as a resource.
@@ -53,11 +57,12 @@ func subjectTokenKey(subject, id string) string {
 func subjectTokensOf(subject string) string { return pfxSubjectTokens + subject + "|" }
 func familyKey(family string) string        { return pfxFamilies + family }
 
-func sessionKey(jti string) string     { return pfxRevokedSessions + jti }
-func clientKey(id string) string       { return pfxClients + id }
-func authCodeKey(digest string) string { return pfxAuthCodes + digest }
-func signingKeyKey(kid string) string  { return pfxSigningKeys + kid }
-func userSubject(id string) string     { return userSubjectPrefix + id }
+func sessionKey(jti string) string          { return pfxRevokedSessions + jti }
+func clientKey(id string) string            { return pfxClients + id }
+func authCodeKey(digest string) string      { return pfxAuthCodes + digest }
+func signingKeyKey(kid string) string       { return pfxSigningKeys + kid }
+func loginAttemptsOf(account string) string { return pfxLoginAttempts + account + "/" }
+func userSubject(id string) string          { return userSubjectPrefix + id }
 
 // The small JSON values of index keys. Readers of grants/ and holders/
 // ignore the value entirely: an operator may write those keys by hand with

@@ -56,6 +56,7 @@ func RunAll(t *testing.T, newStore func(t *testing.T) authz.Store) {
 	t.Run("Clients", func(t *testing.T) { testClients(t, newStore) })
 	t.Run("AuthCodes", func(t *testing.T) { testAuthCodes(t, newStore) })
 	t.Run("SigningKeys", func(t *testing.T) { testSigningKeys(t, newStore) })
+	t.Run("LoginAttempts", func(t *testing.T) { testLoginAttempts(t, newStore) })
 	t.Run("Watch", func(t *testing.T) { testWatch(t, newStore) })
 	t.Run("Expiry", func(t *testing.T) { testExpiry(t, newStore) })
 }

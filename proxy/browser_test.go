@@ -1,0 +1,169 @@
+package proxy_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/proxy"
+)
+
+// SkipBrowserEnv, set to 1, lets the browser tests skip when Chromium is
+// missing; otherwise a missing browser fails them, so that CI cannot go
+// green without running them.
+const SkipBrowserEnv = "PORTCULLIS_SKIP_BROWSER"
+
+// chromium starts Debian's headless Chromium (installed by
+// scripts/install-test-deps.sh) with a fresh profile and everything that
+// would reach the network switched off, and returns a browser context.
+func chromium(t *testing.T) context.Context {
+	t.Helper()
+	path := os.Getenv("PORTCULLIS_CHROMIUM")
+	if path == "" {
+		path = "/usr/bin/chromium"
+	}
+	if _, err := exec.LookPath(path); err != nil {
+		if os.Getenv(SkipBrowserEnv) == "1" {
+			t.Skipf("no Chromium at %s and %s=1", path, SkipBrowserEnv)
+		}
+		t.Fatalf("no Chromium at %s: run scripts/install-test-deps.sh (or set %s=1 to skip browser tests)", path, SkipBrowserEnv)
+	}
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(path),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.NoDefaultBrowserCheck,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-extensions", true),
+		chromedp.Flag("disable-default-apps", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("no-proxy-server", true),
+		chromedp.Flag("metrics-recording-only", true),
+		chromedp.Flag("safebrowsing-disable-auto-update", true),
+		chromedp.WindowSize(1280, 900),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	actx, acancel := chromedp.NewExecAllocator(ctx, opts...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
+	t.Cleanup(bcancel)
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("start Chromium: %v", err)
+	}
+	return bctx
+}
+
+// inBrowser runs one action that returns a value, failing t with the page's
+// HTML when it fails.
+func inBrowser[T any](t *testing.T, ctx context.Context, what string, a chromedp.Action[T]) T {
+	t.Helper()
+	v, err := chromedp.Run(ctx, a)
+	if err != nil {
+		html, _ := chromedp.Run(ctx, chromedp.OuterHTML(chromedp.CSS("html")))
+		t.Fatalf("%s: %v\npage: %s", what, err, html)
+	}
+	return v
+}
+
+// A person signs in, creates an API token on the account page, uses it
+// against the API, revokes it and signs out, in a real browser.
+func TestBrowserSignInTokenLifecycleSignOut(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	u, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "alice", Email: "alice@example.com", Password: "alice's password"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.svc.AddPermission(bg, "users/"+u.ID, "projects/demo#read"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := chromium(t)
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		inBrowser(t, ctx, what, chromedp.Steps(steps...))
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+
+	// The account page sends a stranger to sign in, and back after.
+	do("open the account page", chromedp.Navigate(a.url+"/auth/account"), chromedp.WaitVisible(css("#login-form")))
+	if loc := inBrowser(t, ctx, "location", chromedp.Location()); !strings.Contains(loc, "/auth/login-page?rd=") {
+		t.Fatalf("not sent to the login page: %s", loc)
+	}
+	do("sign in with a wrong password",
+		chromedp.SendKeys(css("#username"), "alice"),
+		chromedp.SendKeys(css("#password"), "not my password"),
+		chromedp.Click(css("#sign-in")),
+		chromedp.WaitVisible(css("#error")))
+	if e := inBrowser(t, ctx, "error text", chromedp.Text(css("#error"))); !strings.Contains(e, "Invalid username or password") {
+		t.Fatalf("error shown: %q", e)
+	}
+	do("sign in",
+		chromedp.SetValue(css("#username"), "alice@example.com"),
+		chromedp.SendKeys(css("#password"), "alice's password"),
+		chromedp.Click(css("#sign-in")),
+		chromedp.WaitVisible(css("#create-token")))
+	who := inBrowser(t, ctx, "who", chromedp.Text(css("#who")))
+	if loc := inBrowser(t, ctx, "location", chromedp.Location()); who != "alice" || !strings.HasSuffix(loc, "/auth/account") {
+		t.Fatalf("signed in as %q at %s", who, loc)
+	}
+
+	// Create a token: shown once, with a copy button.
+	do("create a token",
+		chromedp.SendKeys(css("#description"), "e2e token"),
+		chromedp.SendKeys(css("#scope"), "projects/demo#read"),
+		chromedp.Click(css("#create")),
+		chromedp.WaitVisible(css("#new-token")))
+	token := inBrowser(t, ctx, "new token", chromedp.Value(css("#new-token")))
+	if label := inBrowser(t, ctx, "copy button", chromedp.Text(css("button.copy"))); !strings.HasPrefix(token, "pct_") || label != "Copy" {
+		t.Fatalf("new token %q, copy button %q", token, label)
+	}
+	do("the copy button works with JavaScript",
+		chromedp.Click(css("button.copy")),
+		chromedp.WaitVisible(chromedp.Search(`//button[contains(., "Copied")]`)))
+
+	// Use it against the API.
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/demo%23read", nil, bearer(token)), 200, "the new token works")
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/demo%23write", nil, bearer(token)), 403, "within its scope")
+
+	// It is listed (without its secret) and can be revoked.
+	do("reload the account page", chromedp.Navigate(a.url+"/auth/account"), chromedp.WaitVisible(css("#tokens")))
+	if table := inBrowser(t, ctx, "token table", chromedp.OuterHTML(css("#tokens"))); !strings.Contains(table, "e2e token") || strings.Contains(table, token) {
+		t.Fatalf("token table: %s", table)
+	}
+	do("revoke it",
+		chromedp.Click(chromedp.Search(`//tr[td[contains(., "e2e token")]]//button`)),
+		chromedp.WaitVisible(css("#notice")))
+	notice := inBrowser(t, ctx, "notice", chromedp.Text(css("#notice")))
+	if table := inBrowser(t, ctx, "token table", chromedp.OuterHTML(css("#tokens"))); !strings.Contains(notice, "revoked") || strings.Contains(table, "e2e token") {
+		t.Fatalf("after revoke: notice %q, table %s", notice, table)
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify", nil, bearer(token)), 401, "the revoked token")
+
+	// Sign out: the login token is revoked, the cookies are gone.
+	do("sign out", chromedp.Click(css("#logout")), chromedp.WaitVisible(css("#login-form")))
+	if n := inBrowser(t, ctx, "notice", chromedp.Text(css("#notice"))); !strings.Contains(n, "signed out") {
+		t.Fatalf("after sign-out: %q", n)
+	}
+	do("the account page wants a sign-in again", chromedp.Navigate(a.url+"/auth/account"), chromedp.WaitVisible(css("#login-form")))
+	toks, err := a.svc.ListAPITokens(bg, "users/"+u.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tk := range toks {
+		if tk.Purpose == authz.PurposeLogin {
+			t.Fatalf("a login token survived sign-out: %+v", tk)
+		}
+	}
+}
