@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -71,6 +72,31 @@ func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target str
 	s.writeVerdict(w, req, &a, &v)
 }
 
+// forwardParams reads the forward-auth URL's own parameters (permission,
+// assertion) by scanning the raw query: url.Values would build a map on
+// every decision. Other parameters are ignored, as before.
+func forwardParams(raw string, a *Attempt) error {
+	seen := false
+	for part := range strings.SplitSeq(raw, "&") {
+		name, value, _ := strings.Cut(part, "=")
+		switch name {
+		case "permission":
+			if seen {
+				return badRequest("query parameter permission given more than once")
+			}
+			seen = true
+			v, err := url.QueryUnescape(value)
+			if err != nil {
+				return badRequest("query parameter permission: malformed escape")
+			}
+			a.Permission = v
+		case "assertion":
+			a.Assertion = value == "true"
+		}
+	}
+	return nil
+}
+
 // connectionAttempt describes req as the connection itself says it.
 func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 	a := Attempt{
@@ -96,13 +122,9 @@ func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 	a := s.connectionAttempt(req, DialectTraefik)
 	if req.URL.RawQuery != "" {
-		q := req.URL.Query()
-		if vs := q["permission"]; len(vs) > 1 {
-			return a, badRequest("query parameter permission given more than once")
-		} else if len(vs) == 1 {
-			a.Permission = vs[0]
+		if err := forwardParams(req.URL.RawQuery, &a); err != nil {
+			return a, err
 		}
-		a.Assertion = q.Get("assertion") == "true"
 	}
 	if !s.cfg.TrustedProxies.trusted(req) {
 		// Judged on what the connection says: forwarded headers from
