@@ -189,6 +189,13 @@ func (k *keyring) sign(c jwt.Claims) (string, error) {
 // parse verifies a session JWT: pinned algorithms, a key chosen only among
 // our own keys by kid, required exp, iss and aud, strict base64.
 func (k *keyring) parse(ctx context.Context, token string) (*sessionClaims, error) {
+	// Go's base64 decoders skip '\r' and '\n', so "<token>\r" would verify
+	// as the token itself: only the exact compact serialisation counts.
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; !(c == '.' || c == '-' || c == '_' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9') {
+			return nil, fmt.Errorf("%w: session token has a byte outside base64url", ErrUnauthenticated)
+		}
+	}
 	c, err := k.parseOnce(token)
 	if errors.Is(err, errUnknownKID) {
 		// A key added by another replica may not have reached us yet.
