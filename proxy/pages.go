@@ -333,22 +333,33 @@ func (s *Server) renderAccount(c echo.Context, status int, acc *authz.Access, d 
 	return s.renderPage(c, status, "account", d)
 }
 
+// accountForm reads and checks a form posted on the account page. With
+// no signed-in user it answers the redirect to the login page itself and
+// returns a nil access.
+func (s *Server) accountForm(c echo.Context) (*authz.Access, *authz.User, error) {
+	if err := c.Request().ParseForm(); err != nil {
+		return nil, nil, badRequest("malformed form body")
+	}
+	if err := s.checkForm(c); err != nil {
+		return nil, nil, err
+	}
+	acc, u, err := s.signedInUser(c)
+	if err != nil {
+		return nil, nil, err
+	}
+	if acc == nil {
+		return nil, nil, s.loginRedirect(c, s.path("/auth/account"))
+	}
+	return acc, u, nil
+}
+
 // createAccountToken is POST /auth/account/tokens: a new API token of the
 // signed-in user, shown once in the answer (never stored in clear).
 func (s *Server) createAccountToken(c echo.Context) error {
 	r := c.Request()
-	if err := r.ParseForm(); err != nil {
-		return badRequest("malformed form body")
-	}
-	if err := s.checkForm(c); err != nil {
+	acc, u, err := s.accountForm(c)
+	if acc == nil || err != nil {
 		return err
-	}
-	acc, u, err := s.signedInUser(c)
-	if err != nil {
-		return err
-	}
-	if acc == nil {
-		return s.loginRedirect(c, s.path("/auth/account"))
 	}
 	d := &pageData{Title: "Your account", User: u}
 	desc := strings.TrimSpace(r.PostFormValue("description"))
@@ -376,18 +387,9 @@ func (s *Server) createAccountToken(c echo.Context) error {
 // revokeAccountToken is POST /auth/account/tokens/{id}/revoke.
 func (s *Server) revokeAccountToken(c echo.Context) error {
 	r := c.Request()
-	if err := r.ParseForm(); err != nil {
-		return badRequest("malformed form body")
-	}
-	if err := s.checkForm(c); err != nil {
+	acc, _, err := s.accountForm(c)
+	if acc == nil || err != nil {
 		return err
-	}
-	acc, _, err := s.signedInUser(c)
-	if err != nil {
-		return err
-	}
-	if acc == nil {
-		return s.loginRedirect(c, s.path("/auth/account"))
 	}
 	rev, err := s.svc.RevokeTokenByID(r.Context(), acc, c.Param("id"))
 	if err != nil {

@@ -15,6 +15,11 @@ nginx
 chromium
 "
 
+# Other scripts (scripts/bench-deps.sh) pass their own package list.
+if [ "$#" -gt 0 ]; then
+	PACKAGES="$*"
+fi
+
 missing=""
 for pkg in $PACKAGES; do
 	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
