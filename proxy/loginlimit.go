@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"hash/maphash"
 	"strconv"
 	"time"
 )
@@ -17,19 +16,17 @@ func (l *limiter) wait(key string) time.Duration {
 	if l == nil {
 		return 0
 	}
-	sh := &l.shards[maphash.String(l.seed, key)%uint64(len(l.shards))]
-	now := l.now()
+	sh := l.shard(key)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
 	b := sh.buckets[key]
 	if b == nil {
 		return 0
 	}
-	tokens := min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-	if tokens >= 1 {
-		return 0
+	if tokens := l.level(b, l.now()); tokens < 1 {
+		return l.until(tokens)
 	}
-	return time.Duration((1 - tokens) / l.rate * float64(time.Second))
+	return 0
 }
 
 // fail spends a token of key for a failed attempt.

@@ -55,7 +55,7 @@ func (l *limiter) take(key string) time.Duration {
 	if l == nil {
 		return 0
 	}
-	sh := &l.shards[maphash.String(l.seed, key)%uint64(len(l.shards))]
+	sh := l.shard(key)
 	now := l.now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -67,13 +67,27 @@ func (l *limiter) take(key string) time.Duration {
 		b = &bucket{tokens: l.burst, last: now}
 		sh.buckets[key] = b
 	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.tokens = l.level(b, now)
 	b.last = now
 	if b.tokens >= 1 {
 		b.tokens--
 		return 0
 	}
-	return time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
+	return l.until(b.tokens)
+}
+
+func (l *limiter) shard(key string) *limiterShard {
+	return &l.shards[maphash.String(l.seed, key)%uint64(len(l.shards))]
+}
+
+// level is b's token count at now, refilled since its last use.
+func (l *limiter) level(b *bucket, now time.Time) float64 {
+	return min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+}
+
+// until is how long a bucket holding tokens (< 1) waits for a whole one.
+func (l *limiter) until(tokens float64) time.Duration {
+	return time.Duration((1 - tokens) / l.rate * float64(time.Second))
 }
 
 // sweepShard forgets buckets that have refilled: they behave exactly like
@@ -81,7 +95,7 @@ func (l *limiter) take(key string) time.Duration {
 func (l *limiter) sweepShard(sh *limiterShard, now time.Time) {
 	sh.sweep = now
 	for k, b := range sh.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
+		if l.level(b, now) >= l.burst {
 			delete(sh.buckets, k)
 		}
 	}
