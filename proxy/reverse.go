@@ -89,7 +89,8 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	a := s.connectionAttempt(r, DialectProxy)
 	a.ClientIP = s.cfg.TrustedProxies.clientIP(r)
-	if r.TLS == nil && s.cfg.TrustedProxies.trusted(r) {
+	trusted := s.cfg.TrustedProxies.trusted(r)
+	if r.TLS == nil && trusted {
 		if p, ok, _ := singleHeader(r.Header, "X-Forwarded-Proto"); ok && (p == "https" || p == "http") {
 			a.Scheme = p
 		}
@@ -115,7 +116,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, lim)
 	}
-	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, &proxied{v: v, a: a, trusted: s.cfg.TrustedProxies.trusted(r)})))
+	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, &proxied{v: v, a: a, trusted: trusted})))
 }
 
 type proxied struct {

@@ -20,20 +20,23 @@ const (
 
 // routeVerdict is what `routes test` reports.
 type routeVerdict struct {
-	Method     string `json:"method"`
-	Host       string `json:"host"`
-	Path       string `json:"path"`
-	Outcome    string `json:"outcome"` // public, protected, no-match, refused
+	Method     string         `json:"method"`
+	Host       string         `json:"host"`
+	Path       string         `json:"path"`
+	Outcome    string         `json:"outcome"` // public, protected, no-match, refused
+	Rule       string         `json:"rule,omitempty"`
+	Permission string         `json:"permission,omitempty"`
+	Upstream   string         `json:"upstream,omitempty"`
+	Unmatched  string         `json:"unmatched,omitempty"`
+	Refused    string         `json:"refused,omitempty"`
+	Shadow     *shadowVerdict `json:"shadow,omitempty"`
+}
+
+// shadowVerdict is what the shadow rules would do with the request.
+type shadowVerdict struct {
+	Outcome    string `json:"outcome"`
 	Rule       string `json:"rule,omitempty"`
 	Permission string `json:"permission,omitempty"`
-	Upstream   string `json:"upstream,omitempty"`
-	Unmatched  string `json:"unmatched,omitempty"`
-	Refused    string `json:"refused,omitempty"`
-	Shadow     *struct {
-		Outcome    string `json:"outcome"`
-		Rule       string `json:"rule,omitempty"`
-		Permission string `json:"permission,omitempty"`
-	} `json:"shadow,omitempty"`
 }
 
 // routesTest is `portcullis routes test --config F METHOD URL`: which rule
@@ -132,11 +135,7 @@ func decideRoute(cfg Config, method, host, target string, h http.Header, v *rout
 	if len(cfg.ShadowRoutes) > 0 {
 		shadow, _ := rules.Compile(cfg.ShadowRoutes)
 		sm, err := shadow.Match(req)
-		v.Shadow = &struct {
-			Outcome    string `json:"outcome"`
-			Rule       string `json:"rule,omitempty"`
-			Permission string `json:"permission,omitempty"`
-		}{Outcome: sm.Outcome.String(), Rule: sm.Rule, Permission: sm.Permission}
+		v.Shadow = &shadowVerdict{Outcome: sm.Outcome.String(), Rule: sm.Rule, Permission: sm.Permission}
 		if err != nil {
 			v.Shadow.Outcome = "refused"
 		}
