@@ -79,7 +79,10 @@ func startServe(t *testing.T, args ...string) (api, metrics string, logs *etcdte
 	for time.Now().Before(deadline) {
 		if resp, err := http.Get("http://" + metrics + "/readyz"); err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
+			// The log arrives through a pipe copied by another goroutine, so
+			// readiness alone does not mean the start-up lines are in the
+			// buffer; "portcullis serving" is logged last and the pipe keeps order.
+			if resp.StatusCode == 200 && strings.Contains(logs.String(), "portcullis serving") {
 				return api, metrics, logs, stop
 			}
 		}
