@@ -108,6 +108,8 @@ type Server struct {
 	loginLimiter *limiter
 	metrics      *metrics
 	reverse      *httputil.ReverseProxy
+	// canonicalPermissions caches canonical ?permission= values.
+	canonicalPermissions permissionCache
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
