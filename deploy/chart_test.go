@@ -256,23 +256,7 @@ func checkPod(t *testing.T, tc chartCase, pod corev1.PodTemplateSpec, cfg map[st
 	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
 		t.Errorf("pod securityContext = %+v", psc)
 	}
-	sc := c.SecurityContext
-	switch {
-	case sc == nil:
-		t.Fatal("container has no securityContext")
-	case sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot:
-		t.Error("runAsNonRoot is not true")
-	case sc.RunAsUser == nil || *sc.RunAsUser != 65532:
-		t.Errorf("runAsUser = %v, want 65532 (the image's user)", sc.RunAsUser)
-	case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
-		t.Error("readOnlyRootFilesystem is not true")
-	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
-		t.Error("allowPrivilegeEscalation is not false")
-	case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0:
-		t.Errorf("capabilities = %+v, want drop [ALL]", sc.Capabilities)
-	case sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
-		t.Error("seccompProfile is not RuntimeDefault")
-	}
+	checkHardened(t, c)
 	if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Errorf("resources = %+v, want memory requests and limits", c.Resources)
 	}
@@ -373,6 +357,30 @@ func checkPod(t *testing.T, tc chartCase, pod corev1.PodTemplateSpec, cfg map[st
 				t.Errorf("data volume = %+v, want an emptyDir without persistence", v)
 			}
 		}
+	}
+}
+
+// checkHardened checks a Portcullis container's securityContext: non-root
+// as the image's user, read-only root, no privilege escalation, no
+// capabilities, the runtime's seccomp profile.
+func checkHardened(t *testing.T, c corev1.Container) {
+	t.Helper()
+	sc := c.SecurityContext
+	switch {
+	case sc == nil:
+		t.Errorf("container %s has no securityContext", c.Name)
+	case sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot:
+		t.Error("runAsNonRoot is not true")
+	case sc.RunAsUser == nil || *sc.RunAsUser != 65532:
+		t.Errorf("runAsUser = %v, want 65532 (the image's user)", sc.RunAsUser)
+	case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+		t.Error("readOnlyRootFilesystem is not true")
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Error("allowPrivilegeEscalation is not false")
+	case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0:
+		t.Errorf("capabilities = %+v, want drop [ALL]", sc.Capabilities)
+	case sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault:
+		t.Error("seccompProfile is not RuntimeDefault")
 	}
 }
 
