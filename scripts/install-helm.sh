@@ -6,7 +6,7 @@
 # takes a few minutes.
 set -euo pipefail
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
-bin_dir=${HELM_BIN_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/portcullis/helm-$HELM_VERSION}
+bin_dir=${HELM_BIN_DIR:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/portcullis/helm-$HELM_VERSION}
 helm="$bin_dir/helm"
 if [[ ! -x "$helm" ]]; then
 	mkdir -p "$bin_dir"
