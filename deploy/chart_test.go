@@ -2,6 +2,11 @@ package deploy_test
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
@@ -584,5 +589,63 @@ func TestChartRefuses(t *testing.T) {
 	// embedded store only.
 	if _, stderr, err := helmTemplate(t, "refused-embedded-replicas.yaml", "etcd.endpoints={https://etcd:2379}"); err != nil {
 		t.Errorf("3 replicas with external etcd: %v\n%s", err, stderr)
+	}
+}
+
+// TestChartConfigStartsPortcullis runs Portcullis on the configuration the
+// chart renders for the embedded store, with the Secret files at the paths
+// the pod would have them (moved into a temporary directory): it must
+// start, create the admin from admin_password_file and sign sessions with
+// the HS256 secret from jwt_secret_file.
+func TestChartConfigStartsPortcullis(t *testing.T) {
+	m := renderChart(t, "embedded-values.yaml")
+	cfg := checkChartConfig(t, m, "portcullis")
+	dir := t.TempDir()
+	const adminPassword = "chart-test-admin-password"
+	secrets := map[string]string{
+		"admin-password": adminPassword + "\n", // as `kubectl create secret --from-file` keeps it
+		"jwt-secret":     "an-hs256-secret-of-at-least-32-bytes!!",
+	}
+	for key, v := range cfg {
+		if strings.HasSuffix(key, "_file") {
+			base := path.Base(v.(string))
+			content, ok := secrets[base]
+			if !ok {
+				t.Fatalf("%s names %s, which this test has no content for", key, base)
+			}
+			file := filepath.Join(dir, base)
+			if err := os.WriteFile(file, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg[key] = file
+		}
+	}
+	listen, metrics := freeAddr(t), freeAddr(t)
+	cfg["listen"], cfg["metrics_listen"], cfg["data_dir"] = listen, metrics, filepath.Join(dir, "data")
+	raw, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "portcullis.yaml")
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := startPortcullis(t, listen, metrics, "serve", "--config="+file)
+
+	resp, err := http.PostForm(base+"/auth/oauth/token", url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {adminPassword}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&tok); err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" {
+		t.Fatalf("admin sign-in with the password file's content: %d %v", resp.StatusCode, err)
+	}
+	header, _, _ := strings.Cut(tok.AccessToken, ".")
+	rawHeader, err := base64.RawURLEncoding.DecodeString(header)
+	if err != nil || !strings.Contains(string(rawHeader), `"HS256"`) {
+		t.Errorf("session token header %s (%v): want HS256 from jwt_secret_file", rawHeader, err)
 	}
 }

@@ -111,9 +111,17 @@ func checkConfig(t *testing.T, name string, raw []byte) {
 // base URL once it is ready; the process ends with the test.
 func runningPortcullis(t *testing.T) string {
 	t.Helper()
-	bin := portcullisBinary(t)
 	listen, metrics := freeAddr(t), freeAddr(t)
-	cmd := exec.Command(bin, "serve", "--data-dir", t.TempDir(), "--listen", listen, "--metrics-listen", metrics, "--log-level", "error")
+	return startPortcullis(t, listen, metrics, "serve", "--data-dir", t.TempDir(), "--listen", listen, "--metrics-listen", metrics, "--log-level", "error")
+}
+
+// startPortcullis runs the binary with args, waits until /readyz on the
+// metrics address says ready, and returns the API's base URL. The process
+// is interrupted when the test ends.
+func startPortcullis(t *testing.T, listen, metrics string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(portcullisBinary(t), args...)
+	cmd.Env = []string{} // only the arguments count, not PORTCULLIS_* of the environment
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
@@ -141,11 +149,11 @@ func runningPortcullis(t *testing.T) string {
 		}
 		select {
 		case <-done:
-			t.Fatalf("portcullis serve exited before it was ready:\n%s", logs.String())
+			t.Fatalf("portcullis %v exited before it was ready:\n%s", args, logs.String())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("portcullis serve not ready after 60s:\n%s", logs.String())
+			t.Fatalf("portcullis %v not ready after 60s:\n%s", args, logs.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
