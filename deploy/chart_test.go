@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +21,8 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
 var chartDir = filepath.Join(repoRoot, "charts", "portcullis")
@@ -647,5 +650,69 @@ func TestChartConfigStartsPortcullis(t *testing.T) {
 	rawHeader, err := base64.RawURLEncoding.DecodeString(header)
 	if err != nil || !strings.Contains(string(rawHeader), `"HS256"`) {
 		t.Errorf("session token header %s (%v): want HS256 from jwt_secret_file", rawHeader, err)
+	}
+}
+
+// TestChartExternalReplicasShareOneStore runs two replicas on the
+// configuration the chart renders for external etcd (a real etcd process;
+// the TLS and password Secrets left out): a session signed in at one
+// replica is accepted by the other, so replicas behind one Service are
+// interchangeable.
+func TestChartExternalReplicasShareOneStore(t *testing.T) {
+	endpoints := etcdtest.External(t)
+	m := renderChart(t, "external-ha-values.yaml",
+		"etcd.endpoints={"+strings.Join(endpoints, ",")+"}", "etcd.username=", "etcd.passwordSecret.name=", "etcd.tlsSecret.name=")
+	cfg := checkChartConfig(t, m, "portcullis")
+	dir := t.TempDir()
+	const adminPassword = "chart-test-admin-password"
+	pwFile := filepath.Join(dir, "admin-password")
+	if err := os.WriteFile(pwFile, []byte(adminPassword), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cfg["admin_password_file"] == nil {
+		t.Fatal("no admin_password_file in the rendered configuration")
+	}
+	cfg["admin_password_file"] = pwFile
+
+	var replicas []string
+	for i := range 2 {
+		listen, metrics, grpc := freeAddr(t), freeAddr(t), freeAddr(t)
+		cfg["listen"], cfg["metrics_listen"], cfg["grpc_listen"] = listen, metrics, grpc
+		raw, err := yaml.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		file := filepath.Join(dir, fmt.Sprintf("replica-%d.yaml", i))
+		if err := os.WriteFile(file, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		replicas = append(replicas, startPortcullis(t, listen, metrics, "serve", "--config="+file))
+	}
+
+	resp, err := http.PostForm(replicas[0]+"/auth/oauth/token", url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {adminPassword}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || tok.AccessToken == "" {
+		t.Fatalf("admin sign-in at replica 0: %d %v", resp.StatusCode, err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, replicas[1]+"/users/me", nil)
+	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var me struct {
+		Username string `json:"username"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&me)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || me.Username != "admin" {
+		t.Errorf("replica 1 with replica 0's session: %d %q %v, want 200 admin", resp.StatusCode, me.Username, err)
 	}
 }
