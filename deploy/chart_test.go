@@ -623,17 +623,11 @@ func TestChartConfigStartsPortcullis(t *testing.T) {
 			cfg[key] = file
 		}
 	}
-	listen, metrics := freeAddr(t), freeAddr(t)
-	cfg["listen"], cfg["metrics_listen"], cfg["data_dir"] = listen, metrics, filepath.Join(dir, "data")
-	raw, err := yaml.Marshal(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(dir, "portcullis.yaml")
-	if err := os.WriteFile(file, raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	base := startPortcullis(t, listen, metrics, "serve", "--config="+file)
+	cfg["data_dir"] = filepath.Join(dir, "data")
+	base := startPortcullis(t, func(listen, metrics, _ string) []string {
+		cfg["listen"], cfg["metrics_listen"] = listen, metrics
+		return []string{"serve", "--config=" + writeConfig(t, dir, "portcullis.yaml", cfg)}
+	})
 
 	resp, err := http.PostForm(base+"/auth/oauth/token", url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {adminPassword}})
 	if err != nil {
@@ -676,17 +670,10 @@ func TestChartExternalReplicasShareOneStore(t *testing.T) {
 
 	var replicas []string
 	for i := range 2 {
-		listen, metrics, grpc := freeAddr(t), freeAddr(t), freeAddr(t)
-		cfg["listen"], cfg["metrics_listen"], cfg["grpc_listen"] = listen, metrics, grpc
-		raw, err := yaml.Marshal(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		file := filepath.Join(dir, fmt.Sprintf("replica-%d.yaml", i))
-		if err := os.WriteFile(file, raw, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		replicas = append(replicas, startPortcullis(t, listen, metrics, "serve", "--config="+file))
+		replicas = append(replicas, startPortcullis(t, func(listen, metrics, grpc string) []string {
+			cfg["listen"], cfg["metrics_listen"], cfg["grpc_listen"] = listen, metrics, grpc
+			return []string{"serve", "--config=" + writeConfig(t, dir, fmt.Sprintf("replica-%d.yaml", i), cfg)}
+		}))
 	}
 
 	resp, err := http.PostForm(replicas[0]+"/auth/oauth/token", url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {adminPassword}})
@@ -715,4 +702,18 @@ func TestChartExternalReplicasShareOneStore(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK || me.Username != "admin" {
 		t.Errorf("replica 1 with replica 0's session: %d %q %v, want 200 admin", resp.StatusCode, me.Username, err)
 	}
+}
+
+// writeConfig writes a configuration file into dir and returns its path.
+func writeConfig(t *testing.T, dir, name string, cfg map[string]any) string {
+	t.Helper()
+	raw, err := yaml.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }

@@ -111,19 +111,38 @@ func checkConfig(t *testing.T, name string, raw []byte) {
 // base URL once it is ready; the process ends with the test.
 func runningPortcullis(t *testing.T) string {
 	t.Helper()
-	listen, metrics := freeAddr(t), freeAddr(t)
-	return startPortcullis(t, listen, metrics, "serve", "--data-dir", t.TempDir(), "--listen", listen, "--metrics-listen", metrics, "--log-level", "error")
+	dataDir := t.TempDir()
+	return startPortcullis(t, func(listen, metrics, _ string) []string {
+		return []string{"serve", "--data-dir", dataDir, "--listen", listen, "--metrics-listen", metrics, "--log-level", "error"}
+	})
 }
 
-// startPortcullis runs the binary with args, waits until /readyz on the
-// metrics address says ready, and returns the API's base URL. The process
+// startPortcullis runs the binary with the arguments args returns for three
+// free loopback addresses (API, metrics, gRPC), waits until /readyz says
+// ready, and returns the API's base URL. A port taken by someone else
+// between the choice and the start is retried with new ones. The process
 // is interrupted when the test ends.
-func startPortcullis(t *testing.T, listen, metrics string, args ...string) string {
+func startPortcullis(t *testing.T, args func(listen, metrics, grpc string) []string) string {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		listen, metrics := freeAddr(t), freeAddr(t)
+		base, logs, err := tryPortcullis(t, listen, metrics, args(listen, metrics, freeAddr(t)))
+		if err == nil {
+			return base
+		}
+		if attempt < 3 && strings.Contains(logs, "address already in use") {
+			continue
+		}
+		t.Fatalf("%v:\n%s", err, logs)
+	}
+}
+
+func tryPortcullis(t *testing.T, listen, metrics string, args []string) (base, logs string, err error) {
 	t.Helper()
 	cmd := exec.Command(portcullisBinary(t), args...)
 	cmd.Env = []string{} // only the arguments count, not PORTCULLIS_* of the environment
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -144,19 +163,37 @@ func startPortcullis(t *testing.T, listen, metrics string, args ...string) strin
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return "http://" + listen
+				return "http://" + listen, "", nil
 			}
 		}
 		select {
 		case <-done:
-			t.Fatalf("portcullis %v exited before it was ready:\n%s", args, logs.String())
+			return "", out.String(), fmt.Errorf("portcullis %v exited before it was ready", args)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("portcullis %v not ready after 60s:\n%s", args, logs.String())
+			return "", out.String(), fmt.Errorf("portcullis %v not ready after 60s", args)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// syncBuffer collects a process's output while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func freeAddr(t *testing.T) string {
