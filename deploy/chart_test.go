@@ -27,8 +27,8 @@ import (
 
 var chartDir = filepath.Join(repoRoot, "charts", "portcullis")
 
-// kubeVersion is the cluster version helm renders for (a go-installed helm
-// otherwise assumes v1.20, below the chart's kubeVersion).
+// kubeVersion is the cluster version helm renders and lints for, fixed so
+// that the result does not depend on the helm build's default.
 const kubeVersion = "1.31.0"
 
 // manifests are rendered objects by "Kind/name", as YAML.
