@@ -564,3 +564,92 @@ func TestRevocationChecker(t *testing.T) {
 		})
 	}
 }
+
+// writeRetrying runs a write until it is acknowledged, as a client facing a
+// store fault would: a 5xx means the write may not have happened, and the
+// test needs it to happen. It returns when the last try was acknowledged.
+func (top *topology) revokeRetrying(t *testing.T, r int, caller, token string, within time.Duration) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		req, _ := http.NewRequest("POST", "http://"+top.replicas[r].api+"/auth/oauth/revoke", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+caller)
+		resp, err := top.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return time.Now()
+			}
+			if resp.StatusCode < 500 {
+				t.Fatalf("revoke: status %d", resp.StatusCode)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("revoke not acknowledged within %v (last: %v)", within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMemberPauseNoStaleAllow freezes each etcd member in turn (SIGSTOP), as
+// a hung host would, and revokes a token through a replica. A replica whose
+// watch stream was on the frozen member hears nothing: it must notice and
+// stop trusting its caches, so that every replica denies the revoked token
+// within a bound, and no request hangs.
+func TestMemberPauseNoStaleAllow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reliability suite: not in -short")
+	}
+	top := startTopology(t, 3, 3)
+	var u struct {
+		ID string `json:"id"`
+	}
+	top.call(t, 0, "POST", "/users", top.admin, map[string]any{"username": "paused", "password": "paused-password"}, 200, &u)
+	top.call(t, 0, "POST", "/auth/permissions?"+url.Values{"resource_name": {"users/" + u.ID}, "permission": {checkedPermission}}.Encode(), top.admin, nil, 204, nil)
+	const bound = 5 * time.Second
+	for i, m := range top.etcd.Members() {
+		session := top.login(t, 0, "paused", "paused-password")
+		var tok string
+		top.call(t, 0, "POST", "/auth/tokens?"+url.Values{"token_type": {"api-token"}, "scope": {checkedPermission}}.Encode(), session, nil, 200, &tok)
+		// Warm every replica's caches with an allow.
+		for r := range top.replicas {
+			if d := top.decide(context.Background(), r, tok); !d.allowed() {
+				t.Fatalf("replica %d: status %d before the pause", r, d.status)
+			}
+		}
+		if err := m.Pause(); err != nil {
+			t.Fatal(err)
+		}
+		w := i % len(top.replicas)
+		acked := top.revokeRetrying(t, w, session, tok, 20*time.Second)
+		var slowest time.Duration
+		for r := range top.replicas {
+			var deniedAfter time.Duration = -1
+			for time.Since(acked) < bound+2*time.Second {
+				d := top.decide(context.Background(), r, tok)
+				slowest = max(slowest, d.end.Sub(d.start))
+				if d.status == 401 || d.status == 403 {
+					deniedAfter = d.end.Sub(acked)
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			t.Logf("member %s paused, revoke via replica %d: replica %d denies %.0f ms after the acknowledgement", m.Name, w, r, ms(deniedAfter))
+			if deniedAfter < 0 || deniedAfter > bound {
+				t.Errorf("member %s paused: replica %d still allowed (or failed) the revoked token %v after the acknowledgement", m.Name, r, bound)
+			}
+		}
+		if slowest > 6*time.Second {
+			t.Errorf("member %s paused: a decision took %v", m.Name, slowest)
+		}
+		if err := m.Resume(); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := m.WaitReady(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+	}
+}
