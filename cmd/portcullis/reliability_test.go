@@ -653,3 +653,227 @@ func TestMemberPauseNoStaleAllow(t *testing.T) {
 		cancel()
 	}
 }
+
+// faultLoad drives every replica with a token that must be allowed and one
+// that must not (revoked before the fault), classifying every answer.
+type faultLoad struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	// wrongAllows are 200s for the revoked token: never acceptable.
+	wrongAllows int
+	// validOK, validUnavailable, validOther count the valid token's
+	// answers: 200, 503, anything else (a hang shows as a transport error).
+	validOK, validUnavailable, validOther int
+	slowest                               time.Duration
+	lastFailure                           time.Time
+	others                                []int
+}
+
+func (top *topology) startFaultLoad(valid, revoked string) *faultLoad {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &faultLoad{cancel: cancel}
+	for r := range top.replicas {
+		for range 2 {
+			l.wg.Go(func() {
+				for i := 0; ctx.Err() == nil; i++ {
+					tok := valid
+					if i%2 == 1 {
+						tok = revoked
+					}
+					d := top.decide(ctx, r, tok)
+					if ctx.Err() != nil {
+						return
+					}
+					l.mu.Lock()
+					l.slowest = max(l.slowest, d.end.Sub(d.start))
+					switch {
+					case tok == revoked && d.allowed():
+						l.wrongAllows++
+					case tok == revoked:
+					case d.allowed():
+						l.validOK++
+					case d.status == http.StatusServiceUnavailable:
+						l.validUnavailable++
+						l.lastFailure = d.end
+					default:
+						l.validOther++
+						l.lastFailure = d.end
+						if len(l.others) < 10 {
+							l.others = append(l.others, d.status)
+						}
+					}
+					l.mu.Unlock()
+					time.Sleep(2 * time.Millisecond)
+				}
+			})
+		}
+	}
+	return l
+}
+
+func (l *faultLoad) stop() {
+	l.cancel()
+	l.wg.Wait()
+}
+
+func (l *faultLoad) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprintf("valid token: %d allowed, %d 503, %d other %v; revoked token allowed %d times; slowest decision %v",
+		l.validOK, l.validUnavailable, l.validOther, l.others, l.wrongAllows, l.slowest.Round(time.Millisecond))
+}
+
+// readyz reports a replica's /readyz status (0 when it does not answer).
+func (top *topology) readyz(r int) int {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + top.replicas[r].metrics + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// waitAll polls until cond holds for every replica or the bound passes, and
+// returns how long it took.
+func (top *topology) waitAll(t *testing.T, what string, bound time.Duration, cond func(r int) bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for r := range top.replicas {
+		for !cond(r) {
+			if time.Since(start) > bound {
+				t.Fatalf("%s: replica %d not there after %v", what, r, bound)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return time.Since(start)
+}
+
+// TestStoreFaults kills the etcd leader under load and restarts it, then
+// stops the whole cluster and brings it back. At no point may the revoked
+// token be allowed; decisions fail closed (503) in bounded time, writes
+// fail with 5xx while the store is gone, /readyz follows the store, and
+// everything recovers without restarting Portcullis.
+func TestStoreFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reliability suite: not in -short")
+	}
+	top := startTopology(t, 3, 3)
+	var u struct {
+		ID string `json:"id"`
+	}
+	top.call(t, 0, "POST", "/users", top.admin, map[string]any{"username": "faults", "password": "faults-password"}, 200, &u)
+	top.call(t, 0, "POST", "/auth/permissions?"+url.Values{"resource_name": {"users/" + u.ID}, "permission": {checkedPermission}}.Encode(), top.admin, nil, 204, nil)
+	session := top.login(t, 0, "faults", "faults-password")
+	mint := func() string {
+		var tok string
+		top.call(t, 0, "POST", "/auth/tokens?"+url.Values{"token_type": {"api-token"}, "scope": {checkedPermission}}.Encode(), session, nil, 200, &tok)
+		return tok
+	}
+	valid, revoked := mint(), mint()
+	top.revokeRetrying(t, 0, session, revoked, 5*time.Second)
+	time.Sleep(100 * time.Millisecond)
+
+	t.Run("leader killed and restarted", func(t *testing.T) {
+		load := top.startFaultLoad(valid, revoked)
+		time.Sleep(500 * time.Millisecond)
+		leader, err := top.etcd.Leader(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		leader.Kill()
+		time.Sleep(2 * time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := top.etcd.Restart(ctx, leader); err != nil {
+			t.Fatalf("restart %s: %v\n%s", leader.Name, err, leader.Log())
+		}
+		time.Sleep(2 * time.Second)
+		load.stop()
+		recovered := "no failed decision"
+		if !load.lastFailure.IsZero() {
+			recovered = fmt.Sprintf("last failed decision %v after the kill", load.lastFailure.Sub(killed).Round(time.Millisecond))
+		}
+		t.Logf("leader %s killed: %s; %s", leader.Name, load, recovered)
+		if load.wrongAllows > 0 {
+			t.Errorf("the revoked token was allowed %d times", load.wrongAllows)
+		}
+		if load.validOther > 0 {
+			t.Errorf("decisions other than 200 or 503: %v", load.others)
+		}
+		if load.slowest > 6*time.Second {
+			t.Errorf("a decision took %v", load.slowest)
+		}
+	})
+
+	t.Run("whole cluster stopped and restarted", func(t *testing.T) {
+		outage := 5 * time.Second
+		if reliabilityLong() {
+			outage = 30 * time.Second
+		}
+		load := top.startFaultLoad(valid, revoked)
+		time.Sleep(500 * time.Millisecond)
+		stopped := time.Now()
+		for _, m := range top.etcd.Members() {
+			m.Kill()
+		}
+		notReady := top.waitAll(t, "/readyz 503 with the store gone", 10*time.Second, func(r int) bool { return top.readyz(r) == http.StatusServiceUnavailable })
+		// A write with the store gone fails with a 5xx, in bounded time.
+		probe := "users/" + u.ID
+		writeStart := time.Now()
+		req, _ := http.NewRequest("POST", "http://"+top.replicas[1].api+"/auth/permissions?"+url.Values{"resource_name": {probe}, "permission": {"projects/outage#read"}}.Encode(), nil)
+		req.Header.Set("Authorization", "Bearer "+top.admin)
+		resp, err := top.client.Do(req)
+		writeTook := time.Since(writeStart)
+		writeStatus := 0
+		if err == nil {
+			resp.Body.Close()
+			writeStatus = resp.StatusCode
+		}
+		if writeStatus < 500 {
+			t.Errorf("a write with the store gone answered %d (err %v), want a 5xx", writeStatus, err)
+		}
+		if writeTook > 15*time.Second {
+			t.Errorf("the write took %v to fail", writeTook)
+		}
+		time.Sleep(time.Until(stopped.Add(outage)))
+		var wg sync.WaitGroup
+		errs := make([]error, len(top.etcd.Members()))
+		for i, m := range top.etcd.Members() {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				errs[i] = top.etcd.Restart(ctx, m)
+			})
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		ready := top.waitAll(t, "/readyz 200 after the store returned", 30*time.Second, func(r int) bool { return top.readyz(r) == http.StatusOK })
+		deciding := top.waitAll(t, "allow after the store returned", 30*time.Second, func(r int) bool {
+			return top.decide(context.Background(), r, valid).allowed()
+		})
+		load.stop()
+		// The failed write must not have happened behind our back.
+		var perms []string
+		top.call(t, 0, "GET", "/auth/permissions?"+url.Values{"resource_name": {probe}}.Encode(), top.admin, nil, 200, &perms)
+		if slices.Contains(perms, "projects/outage#read") {
+			t.Errorf("the write reported as %d is in the store after all", writeStatus)
+		}
+		t.Logf("cluster stopped %v: /readyz 503 after %v; write failed with %d after %v; after restart /readyz 200 within %v, decisions within %v; %s",
+			outage, notReady.Round(time.Millisecond), writeStatus, writeTook.Round(time.Millisecond), ready.Round(time.Millisecond), deciding.Round(time.Millisecond), load)
+		if load.wrongAllows > 0 {
+			t.Errorf("the revoked token was allowed %d times", load.wrongAllows)
+		}
+		if load.validOther > 0 {
+			t.Errorf("decisions other than 200 or 503: %v", load.others)
+		}
+		if load.slowest > 6*time.Second {
+			t.Errorf("a decision took %v (want a bounded 503)", load.slowest)
+		}
+	})
+}
