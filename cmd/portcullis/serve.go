@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,21 +43,12 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 // API server and the metrics server, in one errgroup.
 func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	log := newLogger(cfg, logOut)
-	etcdPassword, err := secretFromFile(cfg.EtcdPassword, cfg.EtcdPasswordFile)
+	sec, err := readSecrets(cfg)
 	if err != nil {
 		return configError{err}
 	}
-	adminPassword, err := secretFromFile(cfg.AdminPassword, cfg.AdminPasswordFile)
-	if err != nil {
-		return configError{err}
-	}
-	var hmacSecret []byte
-	if cfg.JWTSecretFile != "" {
-		s, err := secretFromFile("", cfg.JWTSecretFile)
-		if err != nil {
-			return configError{err}
-		}
-		hmacSecret = []byte(s)
+	etcdPassword, adminPassword, hmacSecret := sec.etcdPassword, sec.adminPassword, sec.hmacSecret
+	if hmacSecret != nil {
 		log.Warn("session JWTs use HS256 with a shared secret; every holder of the secret can mint tokens")
 	}
 	if cfg.AllowQueryToken {
@@ -82,7 +74,23 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		defer grpcLn.Close()
 	}
 
-	g, ctx := errgroup.WithContext(ctx)
+	apiTLS, err := listenerTLS(cfg.TLSCertFile, cfg.TLSKeyFile, log)
+	if err != nil {
+		return configError{fmt.Errorf("tls_cert_file/tls_key_file: %w", err)}
+	}
+	metricsTLS, err := listenerTLS(cfg.MetricsTLSCertFile, cfg.MetricsTLSKeyFile, log)
+	if err != nil {
+		return configError{fmt.Errorf("metrics_tls_cert_file/metrics_tls_key_file: %w", err)}
+	}
+
+	// startCtx (the signal) bounds start-up. The parts that run — store
+	// watch, gRPC, embedded etcd — get runCtx instead, which ends only
+	// after the HTTP servers have drained: in-flight requests still need
+	// the store and a current cache while they finish.
+	startCtx := ctx
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	g, ctx := errgroup.WithContext(runCtx)
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
 		dir, err := filepath.Abs(cfg.DataDir)
@@ -92,7 +100,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return configError{fmt.Errorf("data dir: %w", err)}
 		}
-		srv, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: dir, Logger: log})
+		srv, err := embedetcd.Start(startCtx, embedetcd.Config{DataDir: dir, Logger: log})
 		if err != nil {
 			return fmt.Errorf("start embedded etcd: %w", err)
 		}
@@ -112,18 +120,23 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return configError{err}
 	}
-	openCtx, cancel := context.WithTimeout(ctx, cfg.EtcdDialTimeout+5*time.Second)
+	// Bounded: dialing takes at most etcd_dial_timeout, the first reads
+	// a few seconds more; then start-up fails naming the endpoints.
+	openCtx, cancel := context.WithTimeout(startCtx, cfg.EtcdDialTimeout+5*time.Second)
 	st, err := etcdstore.Open(openCtx, etcdstore.Config{
 		Endpoints: endpoints, Prefix: cfg.EtcdPrefix, Username: cfg.EtcdUsername, Password: etcdPassword,
 		TLS: tlsCfg, DialTimeout: cfg.EtcdDialTimeout,
 	})
 	cancel()
 	if err != nil {
+		if len(cfg.EtcdEndpoints) > 0 {
+			return fmt.Errorf("open store: etcd at %s did not answer within etcd_dial_timeout (%v) or failed: %w", strings.Join(cfg.EtcdEndpoints, ","), cfg.EtcdDialTimeout, err)
+		}
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer st.Close()
 
-	svc, err := authz.New(ctx, st, authz.Config{
+	svc, err := authz.New(startCtx, st, authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
 	})
@@ -133,7 +146,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	defer svc.Close()
 	g.Go(func() error { return svc.Run(ctx) })
 
-	if err := bootstrapAdmin(ctx, svc, st, adminPassword, log); err != nil {
+	if err := bootstrapAdmin(startCtx, svc, st, adminPassword, log); err != nil {
 		return err
 	}
 
@@ -153,20 +166,29 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	api := proxy.New(svc, pcfg)
 	apiSrv := newHTTPServer(api)
+	apiSrv.TLSConfig = apiTLS
 	if cfg.Upstream != "" {
 		// Proxied downloads, uploads and WebSockets may rightly last
 		// longer than any fixed deadline; slow clients are still bounded
 		// by ReadHeaderTimeout and upstreams by the proxy timeouts.
 		apiSrv.ReadTimeout, apiSrv.WriteTimeout = 0, 0
 	}
-	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st))
+	var draining atomic.Bool
+	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st, &draining))
+	metricsSrv.TLSConfig = metricsTLS
 
 	for _, s := range []struct {
 		srv *http.Server
 		ln  net.Listener
 	}{{apiSrv, apiLn}, {metricsSrv, metricsLn}} {
 		g.Go(func() error {
-			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			var err error
+			if s.srv.TLSConfig != nil {
+				err = s.srv.ServeTLS(s.ln, "", "")
+			} else {
+				err = s.srv.Serve(s.ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
@@ -176,12 +198,32 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api) })
 		log.Info("envoy ext_authz gRPC serving", "grpc_listen", grpcLn.Addr().String())
 	}
-	log.Info("portcullis serving", "listen", apiLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(), "version", version)
+	log.Info("portcullis serving", "listen", apiLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(),
+		"tls", apiTLS != nil, "metrics_tls", metricsTLS != nil, "version", version)
 	g.Go(func() error {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer stopRun() // then the watch, gRPC and embedded etcd end
+		select {
+		case <-startCtx.Done(): // SIGTERM or SIGINT
+			draining.Store(true)
+			log.Info("shutting down: /readyz answers 503 while serving on", "shutdown_delay", cfg.ShutdownDelay)
+			// Responses now carry Connection: close, so clients reconnect
+			// (through the load balancer, to another replica).
+			apiSrv.SetKeepAlivesEnabled(false)
+			select {
+			case <-time.After(cfg.ShutdownDelay):
+			case <-ctx.Done(): // a part failed: no point in waiting
+			}
+		case <-ctx.Done(): // a part failed
+		}
+		log.Info("shutting down: closing listeners, waiting for in-flight requests", "shutdown_grace_period", cfg.ShutdownGracePeriod)
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGracePeriod)
 		defer cancel()
-		return errors.Join(apiSrv.Shutdown(shutdownCtx), metricsSrv.Shutdown(shutdownCtx))
+		err := errors.Join(apiSrv.Shutdown(shutdownCtx), metricsSrv.Shutdown(shutdownCtx))
+		if errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("shutdown_grace_period over: closing the connections of unfinished requests")
+			return errors.Join(apiSrv.Close(), metricsSrv.Close())
+		}
+		return err
 	})
 	err = g.Wait()
 	log.Info("portcullis stopped")
@@ -197,6 +239,19 @@ func newHTTPServer(h http.Handler) *http.Server {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+}
+
+// listenerTLS is the TLS configuration of a listener with a reloading
+// certificate, or nil (plain HTTP) when no files are given.
+func listenerTLS(certFile, keyFile string, log *slog.Logger) (*tls.Config, error) {
+	if certFile == "" {
+		return nil, nil
+	}
+	r, err := newCertReloader(certFile, keyFile, certCheckInterval, log)
+	if err != nil {
+		return nil, err
+	}
+	return serverTLS(r), nil
 }
 
 func etcdTLS(cfg Config) (*tls.Config, error) {
@@ -262,7 +317,9 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 	return nil
 }
 
-func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store) http.Handler {
+// metricsHandler serves /metrics, /healthz and /readyz; /readyz answers
+// 503 once draining is set, at the start of a graceful shutdown.
+func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store, draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -272,6 +329,10 @@ func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
+		if draining.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		if !svc.WatchStatus().Healthy {
 			http.Error(w, "store watch not current", http.StatusServiceUnavailable)
 			return
