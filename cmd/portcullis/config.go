@@ -44,7 +44,7 @@ type Config struct {
 	EtcdCAFile       string        `yaml:"etcd_ca_file" help:"CA bundle for etcd's TLS certificate"`
 	EtcdCertFile     string        `yaml:"etcd_cert_file" help:"TLS client certificate for etcd"`
 	EtcdKeyFile      string        `yaml:"etcd_key_file" secret:"file" help:"TLS client key for etcd"`
-	EtcdDialTimeout  time.Duration `yaml:"etcd_dial_timeout" help:"how long to wait for etcd at start"`
+	EtcdDialTimeout  time.Duration `yaml:"etcd_dial_timeout" help:"how long to wait for external etcd at start before giving up (exit 1; the whole open is bounded by this plus 5s)"`
 
 	AdminPassword     string `yaml:"admin_password" secret:"true" help:"password of the admin user created on an empty store"`
 	AdminPasswordFile string `yaml:"admin_password_file" secret:"file" help:"file holding the admin password"`
