@@ -205,28 +205,50 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		select {
 		case <-startCtx.Done(): // SIGTERM or SIGINT
 			draining.Store(true)
-			log.Info("shutting down: /readyz answers 503 while serving on", "shutdown_delay", cfg.ShutdownDelay)
+			delay := cfg.ShutdownDelay
+			if interrupted(startCtx) {
+				delay = 0
+			}
+			log.Info("shutting down: /readyz answers 503 while serving on", "shutdown_delay", delay)
 			// Responses now carry Connection: close, so clients reconnect
 			// (through the load balancer, to another replica).
 			apiSrv.SetKeepAlivesEnabled(false)
 			select {
-			case <-time.After(cfg.ShutdownDelay):
+			case <-time.After(delay):
 			case <-ctx.Done(): // a part failed: no point in waiting
 			}
 		case <-ctx.Done(): // a part failed
 		}
-		log.Info("shutting down: closing listeners, waiting for in-flight requests", "shutdown_grace_period", cfg.ShutdownGracePeriod)
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGracePeriod)
-		defer cancel()
-		err := errors.Join(apiSrv.Shutdown(shutdownCtx), metricsSrv.Shutdown(shutdownCtx))
-		if errors.Is(err, context.DeadlineExceeded) {
-			log.Warn("shutdown_grace_period over: closing the connections of unfinished requests")
-			return errors.Join(apiSrv.Close(), metricsSrv.Close())
-		}
-		return err
+		log.Info("shutting down: API listener closed, waiting for in-flight requests", "shutdown_grace_period", cfg.ShutdownGracePeriod)
+		// The API first; the metrics listener goes on answering /readyz
+		// (503), /healthz and scrapes until the API has drained.
+		return errors.Join(
+			drain(apiSrv, cfg.ShutdownGracePeriod, log),
+			drain(metricsSrv, 5*time.Second, log))
 	})
 	err = g.Wait()
 	log.Info("portcullis stopped")
+	return err
+}
+
+// interrupted reports whether ctx, from signal.NotifyContext, ended by
+// SIGINT: Ctrl-C from an operator at a terminal, where no load balancer
+// needs shutdown_delay to notice. Orchestrators send SIGTERM. The cause's
+// text is the one os/signal documents ("interrupt signal received").
+func interrupted(ctx context.Context) bool {
+	return strings.HasPrefix(context.Cause(ctx).Error(), os.Interrupt.String()+" ")
+}
+
+// drain stops srv accepting connections and waits up to grace for its
+// requests to finish; then it closes the connections of those left.
+func drain(srv *http.Server, grace time.Duration, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("shutdown grace period over: closing the connections of unfinished requests", "grace", grace)
+		return srv.Close()
+	}
 	return err
 }
 
