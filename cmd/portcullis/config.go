@@ -267,21 +267,32 @@ func structured(v reflect.Value) bool {
 // decodeStructured decodes a YAML value into a structured field strictly:
 // an unknown key inside a rule is an error, as at the top level.
 func decodeStructured(v reflect.Value, node *yaml3.Node) error {
-	var val any
-	if err := node.Decode(&val); err != nil {
-		return err
+	switch {
+	case node.Kind == yaml3.ScalarNode && node.Tag == "!!null":
+		v.Set(reflect.Zero(v.Type()))
+		return nil
+	case node.Kind != yaml3.SequenceNode:
+		return fmt.Errorf("want a list of %ss, got %s", strings.ToLower(v.Type().Elem().Name()), nodeKind(node))
 	}
-	raw, err := json.Marshal(val)
-	if err != nil {
-		return err
+	list := reflect.MakeSlice(v.Type(), len(node.Content), len(node.Content))
+	for i, item := range node.Content {
+		// Item by item, so that a mistake names the line of its item.
+		var val any
+		err := item.Decode(&val)
+		var raw []byte
+		if err == nil {
+			raw, err = json.Marshal(val)
+		}
+		if err == nil {
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.DisallowUnknownFields()
+			err = dec.Decode(list.Index(i).Addr().Interface())
+		}
+		if err != nil {
+			return fmt.Errorf("item %d (line %d): %s", i+1, item.Line, strings.TrimPrefix(err.Error(), "json: "))
+		}
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	ptr := reflect.New(v.Type())
-	if err := dec.Decode(ptr.Interface()); err != nil {
-		return err
-	}
-	v.Set(ptr.Elem())
+	v.Set(list)
 	return nil
 }
 

@@ -131,7 +131,9 @@ func TestConfigFileErrorsArePrecise(t *testing.T) {
 		{"list for a boolean", "secure_cookies: [true]\n", []string{":1: secure_cookies: want a boolean, got a list"}},
 		{"mapping inside a list", "etcd_endpoints:\n  - {a: b}\n", []string{":1: etcd_endpoints: list items must be scalars"}},
 		{"key given twice", "listen: ':1'\nlog_level: info\nlisten: ':2'\n", []string{":3: listen: given twice (first on line 1)"}},
-		{"unknown key in a rule", "routes:\n  - path: /x\n    permision: a#read\n", []string{":1: routes:", `unknown field "permision"`}},
+		{"unknown key in a rule", "routes:\n  - path: /x\n  - path: /y\n    permision: a#read\n", []string{":1: routes: item 2 (line 3):", `unknown field "permision"`}},
+		{"rule of the wrong type", "shadow_routes:\n  - path: [a]\n", []string{":1: shadow_routes: item 1 (line 2):", "path"}},
+		{"routes not a list", "routes: /x\n", []string{":1: routes: want a list of rules, got a scalar"}},
 		{"not a mapping", "- listen\n", []string{":1: want a mapping of configuration keys"}},
 		{"two errors at once", "nope: 1\nbcrypt_cost: x\n", []string{":1: nope: unknown key", ":2: bcrypt_cost:"}},
 	} {

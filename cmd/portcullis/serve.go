@@ -129,8 +129,11 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	})
 	cancel()
 	if err != nil {
+		if len(cfg.EtcdEndpoints) > 0 && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("open store: etcd at %s did not answer within etcd_dial_timeout (%v) + 5s: %w", strings.Join(cfg.EtcdEndpoints, ","), cfg.EtcdDialTimeout, err)
+		}
 		if len(cfg.EtcdEndpoints) > 0 {
-			return fmt.Errorf("open store: etcd at %s did not answer within etcd_dial_timeout (%v) or failed: %w", strings.Join(cfg.EtcdEndpoints, ","), cfg.EtcdDialTimeout, err)
+			return fmt.Errorf("open store: etcd at %s: %w", strings.Join(cfg.EtcdEndpoints, ","), err)
 		}
 		return fmt.Errorf("open store: %w", err)
 	}
