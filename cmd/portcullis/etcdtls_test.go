@@ -130,13 +130,19 @@ func TestExternalEtcdWithClientCertsAndPassword(t *testing.T) {
 	common := []string{"--etcd-endpoints", e.endpoint, "--etcd-ca-file", e.caFile, "--etcd-dial-timeout", "2s"}
 
 	p := launch(t, append(common, "--etcd-cert-file", e.certFile, "--etcd-key-file", e.keyFile,
-		"--etcd-username", "portcullis", "--etcd-password-file", pwFile, "--admin-password", "adminpassword")...)
+		"--etcd-username", "portcullis", "--etcd-password-file", pwFile, "--admin-password", "adminpassword",
+		"--shutdown-delay", "30s")...)
 	p.waitReady(t, http.DefaultClient, "http")
 	if strings.Contains(p.logs.String(), password) {
 		t.Fatal("the etcd password reached the log")
 	}
+	// SIGINT (Ctrl-C) skips shutdown_delay: no load balancer to wait for.
 	_ = p.cmd.Process.Signal(syscall.SIGINT)
-	<-p.exited
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("SIGINT waited for the 30s shutdown_delay:\n%s", p.logs)
+	}
 	if p.err != nil {
 		t.Fatalf("exit after SIGINT: %v\n%s", p.err, p.logs)
 	}

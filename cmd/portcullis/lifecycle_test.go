@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -275,5 +276,50 @@ func TestServeTLSOnBothListeners(t *testing.T) {
 	}
 	if strings.Contains(p.logs.String(), "PRIVATE KEY") {
 		t.Errorf("a private key reached the log")
+	}
+}
+
+// TestDrainClosesWhatOutlastsTheGracePeriod: a request still running when
+// the grace period ends has its connection closed, and drain returns then
+// rather than waiting for it.
+func TestDrainClosesWhatOutlastsTheGracePeriod(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	entered := make(chan struct{})
+	srv := newHTTPServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(ln) }()
+	clientErr := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + ln.Addr().String() + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		clientErr <- err
+	}()
+	<-entered
+	start := time.Now()
+	if err := drain(srv, 300*time.Millisecond, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond || took > 3*time.Second {
+		t.Fatalf("drain took %v for a 300ms grace period", took)
+	}
+	select {
+	case err := <-clientErr:
+		if err == nil {
+			t.Fatal("the unfinished request got a response")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the unfinished request's connection was not closed")
 	}
 }
