@@ -183,6 +183,9 @@ func applyFile(cfg *Config, raw []byte, name string) error {
 		return nil // an empty file sets nothing
 	}
 	top := doc.Content[0]
+	if top.Kind == yaml3.ScalarNode && top.Tag == "!!null" {
+		return nil // only comments
+	}
 	if top.Kind != yaml3.MappingNode {
 		return fmt.Errorf("%s:%d: want a mapping of configuration keys, got %s", name, top.Line, nodeKind(top))
 	}
@@ -192,6 +195,9 @@ func applyFile(cfg *Config, raw []byte, name string) error {
 	var errs []error
 	for i := 0; i+1 < len(top.Content); i += 2 {
 		k, val := top.Content[i], top.Content[i+1]
+		if val.Kind == yaml3.AliasNode {
+			val = val.Alias // "key: *anchor" means the anchored value
+		}
 		at := func(format string, a ...any) {
 			errs = append(errs, fmt.Errorf("%s:%d: %s: %s", name, k.Line, k.Value, fmt.Sprintf(format, a...)))
 		}

@@ -165,6 +165,22 @@ func TestConfigFileValuesOfEveryShape(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for name, doc := range map[string]string{"empty": "", "comments only": "# nothing yet\n", "document marker": "---\n"} {
+		empty := filepath.Join(t.TempDir(), "e.yaml")
+		if err := os.WriteFile(empty, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := loadConfig("t", []string{"--config", empty}, nil); err != nil || got.Listen != defaultConfig().Listen {
+			t.Errorf("%s file: %v, listen %q", name, err, got.Listen)
+		}
+	}
+	anchored := filepath.Join(t.TempDir(), "a.yaml")
+	if err := os.WriteFile(anchored, []byte("jwt_issuer: &iss https://auth.example.com\npublic_url: *iss\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := loadConfig("t", []string{"--config", anchored}, nil); err != nil || got.PublicURL != "https://auth.example.com" {
+		t.Errorf("alias: %v, public_url %q", err, got.PublicURL)
+	}
 	if strings.Join(cfg.EtcdEndpoints, ",") != "a:1,b:2" || cfg.MaxBodyBytes != 2048 || cfg.SessionTTL != 90*time.Minute || !cfg.SecureCookies || cfg.PublicURL != "" {
 		t.Fatalf("decoded %+v", cfg)
 	}
