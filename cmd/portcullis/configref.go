@@ -27,7 +27,7 @@ Unknown keys in the file are an error, as are keys given twice and values of the
 
 ## Secrets
 
-Every secret can be given as a file, the way Kubernetes mounts Secrets: ` + "`admin_password_file`, `etcd_password_file`, `jwt_secret_file`, `etcd_key_file`, `tls_key_file`, `metrics_tls_key_file`" + `. A trailing newline in a password file is ignored. Prefer the files to the plain ` + "`admin_password` and `etcd_password`" + ` keys, whose values end up in process listings (flags) or the environment. Portcullis never logs or prints a secret value.
+Every secret can be given as a file, the way Kubernetes mounts Secrets: ` + "`admin_password_file`, `etcd_password_file`, `jwt_secret_file`, `etcd_key_file`, `tls_key_file`, `metrics_tls_key_file`" + `. A trailing newline in a password file is ignored. Prefer the files to the plain ` + "`admin_password` and `etcd_password`" + ` keys, whose values end up in process listings (flags) or the environment. Portcullis never logs or prints a configured secret (only a generated first admin password is shown, once, in the start-up log).
 
 ## Lifecycle
 
