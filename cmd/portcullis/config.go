@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	yaml3 "sigs.k8s.io/yaml/goyaml.v3"
 
 	"github.com/portcullis/portcullis/proxy"
 	"github.com/portcullis/portcullis/proxy/rules"
@@ -28,18 +28,26 @@ type Config struct {
 	MetricsListen string `yaml:"metrics_listen" help:"address of /metrics, /healthz and /readyz"`
 	DataDir       string `yaml:"data_dir" help:"directory of the embedded etcd (used when no etcd endpoints are given)"`
 
+	// Lifecycle: TLS of the listeners and graceful shutdown.
+	TLSCertFile         string        `yaml:"tls_cert_file" help:"PEM certificate chain of the API listener; with tls_key_file it serves HTTPS (TLS 1.2+, HTTP/2) and reloads both files when they change"`
+	TLSKeyFile          string        `yaml:"tls_key_file" secret:"file" help:"PEM private key of the API listener"`
+	MetricsTLSCertFile  string        `yaml:"metrics_tls_cert_file" help:"PEM certificate chain of the metrics listener (may name the same files as the API; empty: plain HTTP)"`
+	MetricsTLSKeyFile   string        `yaml:"metrics_tls_key_file" secret:"file" help:"PEM private key of the metrics listener"`
+	ShutdownDelay       time.Duration `yaml:"shutdown_delay" help:"after SIGTERM, how long /readyz answers 503 while requests are still served, so load balancers stop sending new ones"`
+	ShutdownGracePeriod time.Duration `yaml:"shutdown_grace_period" help:"after shutdown_delay, how long in-flight requests may take to finish before their connections are closed"`
+
 	EtcdEndpoints    []string      `yaml:"etcd_endpoints" help:"comma-separated external etcd endpoints (empty: embedded etcd)"`
 	EtcdPrefix       string        `yaml:"etcd_prefix" help:"key prefix of all Portcullis data in etcd"`
 	EtcdUsername     string        `yaml:"etcd_username" help:"etcd user name"`
 	EtcdPassword     string        `yaml:"etcd_password" secret:"true" help:"etcd password"`
-	EtcdPasswordFile string        `yaml:"etcd_password_file" help:"file holding the etcd password"`
+	EtcdPasswordFile string        `yaml:"etcd_password_file" secret:"file" help:"file holding the etcd password"`
 	EtcdCAFile       string        `yaml:"etcd_ca_file" help:"CA bundle for etcd's TLS certificate"`
 	EtcdCertFile     string        `yaml:"etcd_cert_file" help:"TLS client certificate for etcd"`
-	EtcdKeyFile      string        `yaml:"etcd_key_file" help:"TLS client key for etcd"`
-	EtcdDialTimeout  time.Duration `yaml:"etcd_dial_timeout" help:"how long to wait for etcd at start"`
+	EtcdKeyFile      string        `yaml:"etcd_key_file" secret:"file" help:"TLS client key for etcd"`
+	EtcdDialTimeout  time.Duration `yaml:"etcd_dial_timeout" help:"how long to wait for external etcd at start before giving up (exit 1; the whole open is bounded by this plus 5s)"`
 
 	AdminPassword     string `yaml:"admin_password" secret:"true" help:"password of the admin user created on an empty store"`
-	AdminPasswordFile string `yaml:"admin_password_file" help:"file holding the admin password"`
+	AdminPasswordFile string `yaml:"admin_password_file" secret:"file" help:"file holding the admin password"`
 
 	AllowQueryToken  bool          `yaml:"allow_query_token" help:"accept the ct_token query parameter (insecure; contaxy compatibility)"`
 	MaxBodyBytes     int64         `yaml:"max_body_bytes" help:"largest accepted request body"`
@@ -47,7 +55,7 @@ type Config struct {
 	SecureCookies    bool          `yaml:"secure_cookies" help:"always mark cookies Secure (TLS ends in front of Portcullis)"`
 	SessionTTL       time.Duration `yaml:"session_ttl" help:"lifetime of session JWTs"`
 	BcryptCost       int           `yaml:"bcrypt_cost" help:"bcrypt cost for passwords (10-16)"`
-	JWTSecretFile    string        `yaml:"jwt_secret_file" help:"file with an HS256 secret (contaxy compatibility); default: asymmetric keys in etcd"`
+	JWTSecretFile    string        `yaml:"jwt_secret_file" secret:"file" help:"file with an HS256 secret (contaxy compatibility); default: asymmetric keys in etcd"`
 	JWTIssuer        string        `yaml:"jwt_issuer" help:"issuer (iss) of session JWTs"`
 
 	PublicURL            string        `yaml:"public_url" help:"absolute URL clients reach Portcullis at (OAuth2 issuer, origin of the sign-in forms); default: from each request"`
@@ -101,6 +109,9 @@ func defaultConfig() Config {
 		LogLevel:           "info",
 		Unmatched:          "deny",
 		AssertionTTL:       time.Minute,
+
+		ShutdownDelay:       5 * time.Second,
+		ShutdownGracePeriod: 30 * time.Second,
 	}
 }
 
@@ -132,8 +143,8 @@ func loadConfig(name string, args []string, environ []string) (Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("read config: %w", err)
 		}
-		if err := applyFile(&cfg, raw); err != nil {
-			return cfg, fmt.Errorf("config file %s: %w", file, err)
+		if err := applyFile(&cfg, raw, file); err != nil {
+			return cfg, err
 		}
 	}
 	var errs []error
@@ -159,44 +170,98 @@ func loadConfig(name string, args []string, environ []string) (Config, error) {
 	return cfg, errors.Join(errs...)
 }
 
-// applyFile sets the fields named in a YAML document. Values go through the
-// same parser as flags and environment variables (so durations read
-// "30s"); unknown keys are an error, never ignored.
-func applyFile(cfg *Config, raw []byte) error {
-	var doc map[string]any
-	if err := yaml.Unmarshal(raw, &doc); err != nil {
-		return err
+// applyFile sets the fields named in the YAML document raw, read from the
+// file name. Values go through the same parser as flags and environment
+// variables (so durations read "30s"); unknown keys, repeated keys and
+// values of the wrong shape are errors, each reported as name:line: key.
+func applyFile(cfg *Config, raw []byte, name string) error {
+	var doc yaml3.Node
+	if err := yaml3.Unmarshal(raw, &doc); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file sets nothing
+	}
+	top := doc.Content[0]
+	if top.Kind == yaml3.ScalarNode && top.Tag == "!!null" {
+		return nil // only comments
+	}
+	if top.Kind != yaml3.MappingNode {
+		return fmt.Errorf("%s:%d: want a mapping of configuration keys, got %s", name, top.Line, nodeKind(top))
 	}
 	known := map[string]reflect.Value{}
 	forEachField(cfg, func(key string, v reflect.Value, _ reflect.StructField) { known[key] = v })
+	seen := map[string]int{}
 	var errs []error
-	for k, val := range doc {
-		v, ok := known[k]
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		k, val := top.Content[i], top.Content[i+1]
+		if val.Kind == yaml3.AliasNode {
+			val = val.Alias // "key: *anchor" means the anchored value
+		}
+		at := func(format string, a ...any) {
+			errs = append(errs, fmt.Errorf("%s:%d: %s: %s", name, k.Line, k.Value, fmt.Sprintf(format, a...)))
+		}
+		if first, dup := seen[k.Value]; dup {
+			at("given twice (first on line %d)", first)
+			continue
+		}
+		seen[k.Value] = k.Line
+		v, ok := known[k.Value]
 		if !ok {
-			errs = append(errs, fmt.Errorf("unknown key %q", k))
+			at("unknown key")
 			continue
 		}
 		if structured(v) {
 			if err := decodeStructured(v, val); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", k, err))
+				at("%v", err)
 			}
 			continue
 		}
-		text := fmt.Sprint(val)
-		if list, isList := val.([]any); isList {
-			parts := make([]string, len(list))
-			for i, p := range list {
-				parts[i] = fmt.Sprint(p)
-			}
-			text = strings.Join(parts, ",")
-		} else if f, isFloat := val.(float64); isFloat {
-			text = strconv.FormatFloat(f, 'f', -1, 64)
+		text, err := scalarText(v, val)
+		if err != nil {
+			at("%v", err)
+			continue
 		}
 		if err := setValue(v, text); err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", k, err))
+			at("%v", err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// scalarText turns a YAML value into the text form setValue parses: a
+// scalar as written, a list of scalars joined by commas for list fields.
+func scalarText(v reflect.Value, val *yaml3.Node) (string, error) {
+	isList := v.Kind() == reflect.Slice
+	switch {
+	case val.Kind == yaml3.ScalarNode && val.Tag == "!!null":
+		return "", nil
+	case val.Kind == yaml3.ScalarNode:
+		return val.Value, nil
+	case val.Kind == yaml3.SequenceNode && isList:
+		parts := make([]string, 0, len(val.Content))
+		for _, p := range val.Content {
+			if p.Kind != yaml3.ScalarNode {
+				return "", fmt.Errorf("list items must be scalars, got %s on line %d", nodeKind(p), p.Line)
+			}
+			parts = append(parts, p.Value)
+		}
+		return strings.Join(parts, ","), nil
+	}
+	want := "a " + typeName(v.Type())
+	return "", fmt.Errorf("want %s, got %s", want, nodeKind(val))
+}
+
+func nodeKind(n *yaml3.Node) string {
+	switch n.Kind {
+	case yaml3.MappingNode:
+		return "a mapping"
+	case yaml3.SequenceNode:
+		return "a list"
+	case yaml3.AliasNode:
+		return "an alias"
+	}
+	return "a scalar"
 }
 
 // structured reports fields that only the YAML file can set (lists of
@@ -207,18 +272,33 @@ func structured(v reflect.Value) bool {
 
 // decodeStructured decodes a YAML value into a structured field strictly:
 // an unknown key inside a rule is an error, as at the top level.
-func decodeStructured(v reflect.Value, val any) error {
-	raw, err := json.Marshal(val)
-	if err != nil {
-		return err
+func decodeStructured(v reflect.Value, node *yaml3.Node) error {
+	switch {
+	case node.Kind == yaml3.ScalarNode && node.Tag == "!!null":
+		v.Set(reflect.Zero(v.Type()))
+		return nil
+	case node.Kind != yaml3.SequenceNode:
+		return fmt.Errorf("want a list of %ss, got %s", strings.ToLower(v.Type().Elem().Name()), nodeKind(node))
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	ptr := reflect.New(v.Type())
-	if err := dec.Decode(ptr.Interface()); err != nil {
-		return err
+	list := reflect.MakeSlice(v.Type(), len(node.Content), len(node.Content))
+	for i, item := range node.Content {
+		// Item by item, so that a mistake names the line of its item.
+		var val any
+		err := item.Decode(&val)
+		var raw []byte
+		if err == nil {
+			raw, err = json.Marshal(val)
+		}
+		if err == nil {
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.DisallowUnknownFields()
+			err = dec.Decode(list.Index(i).Addr().Interface())
+		}
+		if err != nil {
+			return fmt.Errorf("item %d (line %d): %s", i+1, item.Line, strings.TrimPrefix(err.Error(), "json: "))
+		}
 	}
-	v.Set(ptr.Elem())
+	v.Set(list)
 	return nil
 }
 
@@ -335,6 +415,21 @@ func (c Config) Validate() error {
 	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
 		errs = append(errs, errors.New("etcd_cert_file and etcd_key_file: give both or neither"))
 	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		errs = append(errs, errors.New("tls_cert_file and tls_key_file: give both or neither"))
+	}
+	if (c.MetricsTLSCertFile == "") != (c.MetricsTLSKeyFile == "") {
+		errs = append(errs, errors.New("metrics_tls_cert_file and metrics_tls_key_file: give both or neither"))
+	}
+	if c.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("shutdown_delay %v: must not be negative", c.ShutdownDelay))
+	}
+	if c.ShutdownGracePeriod < time.Second {
+		errs = append(errs, fmt.Errorf("shutdown_grace_period %v: must be at least 1s", c.ShutdownGracePeriod))
+	}
+	if c.EtcdDialTimeout < 100*time.Millisecond || c.EtcdDialTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("etcd_dial_timeout %v: want between 100ms and 10m", c.EtcdDialTimeout))
+	}
 	if c.MaxBodyBytes < 1024 {
 		errs = append(errs, fmt.Errorf("max_body_bytes %d: must be at least 1024", c.MaxBodyBytes))
 	}
@@ -414,4 +509,22 @@ func secretFromFile(value, file string) (string, error) {
 		return "", fmt.Errorf("read secret file: %w", err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// typeName names a field's type the way the reference and error messages
+// show it to operators.
+func typeName(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeOf(time.Duration(0)):
+		return "duration"
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		return "list of " + strings.ToLower(t.Elem().Name()) + "s"
+	case t.Kind() == reflect.Slice:
+		return "list of " + typeName(t.Elem()) + "s"
+	case t.Kind() == reflect.Bool:
+		return "boolean"
+	case t.Kind() == reflect.Int, t.Kind() == reflect.Int64:
+		return "integer"
+	}
+	return t.String()
 }

@@ -34,6 +34,10 @@ const usage = `Portcullis: authorization server, forward-auth endpoint and sidec
 
 Usage:
   portcullis serve [flags]     run the server (embedded etcd by default)
+  portcullis config check [--config F] [flags]
+                               validate the configuration and print it
+                               with secrets redacted (exit 3 when invalid)
+  portcullis config reference  print the configuration reference (Markdown)
   portcullis routes test --config F METHOD URL
                                which route rule a request matches and the
                                permission it needs (exit 0 matched, 1 no
@@ -70,6 +74,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 			return exitConfig
 		}
 		err = serve(ctx, cfg, stderr)
+	case "config":
+		return configCommand(args[1:], stdout, stderr, environ)
 	case "routes":
 		if len(args) < 2 || args[1] != "test" {
 			fmt.Fprintf(stderr, "portcullis: usage: portcullis routes test --config F METHOD URL\n")

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,21 +43,12 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 // API server and the metrics server, in one errgroup.
 func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	log := newLogger(cfg, logOut)
-	etcdPassword, err := secretFromFile(cfg.EtcdPassword, cfg.EtcdPasswordFile)
+	sec, err := readSecrets(cfg)
 	if err != nil {
 		return configError{err}
 	}
-	adminPassword, err := secretFromFile(cfg.AdminPassword, cfg.AdminPasswordFile)
-	if err != nil {
-		return configError{err}
-	}
-	var hmacSecret []byte
-	if cfg.JWTSecretFile != "" {
-		s, err := secretFromFile("", cfg.JWTSecretFile)
-		if err != nil {
-			return configError{err}
-		}
-		hmacSecret = []byte(s)
+	etcdPassword, adminPassword, hmacSecret := sec.etcdPassword, sec.adminPassword, sec.hmacSecret
+	if hmacSecret != nil {
 		log.Warn("session JWTs use HS256 with a shared secret; every holder of the secret can mint tokens")
 	}
 	if cfg.AllowQueryToken {
@@ -82,7 +74,23 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		defer grpcLn.Close()
 	}
 
-	g, ctx := errgroup.WithContext(ctx)
+	apiTLS, err := listenerTLS(cfg.TLSCertFile, cfg.TLSKeyFile, log)
+	if err != nil {
+		return configError{fmt.Errorf("tls_cert_file/tls_key_file: %w", err)}
+	}
+	metricsTLS, err := listenerTLS(cfg.MetricsTLSCertFile, cfg.MetricsTLSKeyFile, log)
+	if err != nil {
+		return configError{fmt.Errorf("metrics_tls_cert_file/metrics_tls_key_file: %w", err)}
+	}
+
+	// startCtx (the signal) bounds start-up. The parts that run — store
+	// watch, gRPC, embedded etcd — get runCtx instead, which ends only
+	// after the HTTP servers have drained: in-flight requests still need
+	// the store and a current cache while they finish.
+	startCtx := ctx
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRun()
+	g, ctx := errgroup.WithContext(runCtx)
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
 		dir, err := filepath.Abs(cfg.DataDir)
@@ -92,7 +100,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return configError{fmt.Errorf("data dir: %w", err)}
 		}
-		srv, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: dir, Logger: log})
+		srv, err := embedetcd.Start(startCtx, embedetcd.Config{DataDir: dir, Logger: log})
 		if err != nil {
 			return fmt.Errorf("start embedded etcd: %w", err)
 		}
@@ -112,18 +120,26 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return configError{err}
 	}
-	openCtx, cancel := context.WithTimeout(ctx, cfg.EtcdDialTimeout+5*time.Second)
+	// Bounded: dialing takes at most etcd_dial_timeout, the first reads
+	// a few seconds more; then start-up fails naming the endpoints.
+	openCtx, cancel := context.WithTimeout(startCtx, cfg.EtcdDialTimeout+5*time.Second)
 	st, err := etcdstore.Open(openCtx, etcdstore.Config{
 		Endpoints: endpoints, Prefix: cfg.EtcdPrefix, Username: cfg.EtcdUsername, Password: etcdPassword,
 		TLS: tlsCfg, DialTimeout: cfg.EtcdDialTimeout,
 	})
 	cancel()
 	if err != nil {
+		if len(cfg.EtcdEndpoints) > 0 && errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("open store: etcd at %s did not answer within etcd_dial_timeout (%v) + 5s: %w", strings.Join(cfg.EtcdEndpoints, ","), cfg.EtcdDialTimeout, err)
+		}
+		if len(cfg.EtcdEndpoints) > 0 {
+			return fmt.Errorf("open store: etcd at %s: %w", strings.Join(cfg.EtcdEndpoints, ","), err)
+		}
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer st.Close()
 
-	svc, err := authz.New(ctx, st, authz.Config{
+	svc, err := authz.New(startCtx, st, authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
 	})
@@ -133,7 +149,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	defer svc.Close()
 	g.Go(func() error { return svc.Run(ctx) })
 
-	if err := bootstrapAdmin(ctx, svc, st, adminPassword, log); err != nil {
+	if err := bootstrapAdmin(startCtx, svc, st, adminPassword, log); err != nil {
 		return err
 	}
 
@@ -153,20 +169,29 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	api := proxy.New(svc, pcfg)
 	apiSrv := newHTTPServer(api)
+	apiSrv.TLSConfig = apiTLS
 	if cfg.Upstream != "" {
 		// Proxied downloads, uploads and WebSockets may rightly last
 		// longer than any fixed deadline; slow clients are still bounded
 		// by ReadHeaderTimeout and upstreams by the proxy timeouts.
 		apiSrv.ReadTimeout, apiSrv.WriteTimeout = 0, 0
 	}
-	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st))
+	var draining atomic.Bool
+	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st, &draining))
+	metricsSrv.TLSConfig = metricsTLS
 
 	for _, s := range []struct {
 		srv *http.Server
 		ln  net.Listener
 	}{{apiSrv, apiLn}, {metricsSrv, metricsLn}} {
 		g.Go(func() error {
-			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			var err error
+			if s.srv.TLSConfig != nil {
+				err = s.srv.ServeTLS(s.ln, "", "")
+			} else {
+				err = s.srv.Serve(s.ln)
+			}
+			if err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
 			return nil
@@ -176,15 +201,57 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api) })
 		log.Info("envoy ext_authz gRPC serving", "grpc_listen", grpcLn.Addr().String())
 	}
-	log.Info("portcullis serving", "listen", apiLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(), "version", version)
+	log.Info("portcullis serving", "listen", apiLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(),
+		"tls", apiTLS != nil, "metrics_tls", metricsTLS != nil, "version", version)
 	g.Go(func() error {
-		<-ctx.Done()
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		return errors.Join(apiSrv.Shutdown(shutdownCtx), metricsSrv.Shutdown(shutdownCtx))
+		defer stopRun() // then the watch, gRPC and embedded etcd end
+		select {
+		case <-startCtx.Done(): // SIGTERM or SIGINT
+			draining.Store(true)
+			delay := cfg.ShutdownDelay
+			if interrupted(startCtx) {
+				delay = 0
+			}
+			log.Info("shutting down: /readyz answers 503 while serving on", "shutdown_delay", delay)
+			// Responses now carry Connection: close, so clients reconnect
+			// (through the load balancer, to another replica).
+			apiSrv.SetKeepAlivesEnabled(false)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done(): // a part failed: no point in waiting
+			}
+		case <-ctx.Done(): // a part failed
+		}
+		log.Info("shutting down: API listener closed, waiting for in-flight requests", "shutdown_grace_period", cfg.ShutdownGracePeriod)
+		// The API first; the metrics listener goes on answering /readyz
+		// (503), /healthz and scrapes until the API has drained.
+		return errors.Join(
+			drain(apiSrv, cfg.ShutdownGracePeriod, log),
+			drain(metricsSrv, 5*time.Second, log))
 	})
 	err = g.Wait()
 	log.Info("portcullis stopped")
+	return err
+}
+
+// interrupted reports whether ctx, from signal.NotifyContext, ended by
+// SIGINT: Ctrl-C from an operator at a terminal, where no load balancer
+// needs shutdown_delay to notice. Orchestrators send SIGTERM. The cause's
+// text is the one os/signal documents ("interrupt signal received").
+func interrupted(ctx context.Context) bool {
+	return strings.HasPrefix(context.Cause(ctx).Error(), os.Interrupt.String()+" ")
+}
+
+// drain stops srv accepting connections and waits up to grace for its
+// requests to finish; then it closes the connections of those left.
+func drain(srv *http.Server, grace time.Duration, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Warn("shutdown grace period over: closing the connections of unfinished requests", "grace", grace)
+		return srv.Close()
+	}
 	return err
 }
 
@@ -197,6 +264,19 @@ func newHTTPServer(h http.Handler) *http.Server {
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 	}
+}
+
+// listenerTLS is the TLS configuration of a listener with a reloading
+// certificate, or nil (plain HTTP) when no files are given.
+func listenerTLS(certFile, keyFile string, log *slog.Logger) (*tls.Config, error) {
+	if certFile == "" {
+		return nil, nil
+	}
+	r, err := newCertReloader(certFile, keyFile, certCheckInterval, log)
+	if err != nil {
+		return nil, err
+	}
+	return serverTLS(r), nil
 }
 
 func etcdTLS(cfg Config) (*tls.Config, error) {
@@ -262,7 +342,9 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 	return nil
 }
 
-func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store) http.Handler {
+// metricsHandler serves /metrics, /healthz and /readyz; /readyz answers
+// 503 once draining is set, at the start of a graceful shutdown.
+func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store, draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -272,6 +354,10 @@ func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
+		if draining.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		if !svc.WatchStatus().Healthy {
 			http.Error(w, "store watch not current", http.StatusServiceUnavailable)
 			return
