@@ -164,6 +164,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Name:      "login_throttled_total",
 		Help:      "Password sign-ins refused by a throttle: limit=address (this replica's per-address limit on failures) or account (the per-account failure budget shared by all replicas).",
 	}, []string{"limit"})
+	for _, kind := range []string{"would_allow", "would_deny"} {
+		m.shadowDisagreements.WithLabelValues(kind)
+	}
 	m.throttled[throttleAddress] = throttled.WithLabelValues("address")
 	m.throttled[throttleAccount] = throttled.WithLabelValues("account")
 	for _, g := range tokenGrantTypes {
