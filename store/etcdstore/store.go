@@ -429,8 +429,12 @@ func (s *Store) checkOps(op string, lens ...int) error {
 // that writes also stamps keyCommittedAt with the time, so that watchers
 // can tell how long the change took to reach them.
 func (s *Store) commit(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	// Either branch may write (AddGrant writes in Else); each gets its stamp.
 	if hasWrites(then) {
 		then = append(then[:len(then):len(then)], commitStamp())
+	}
+	if hasWrites(els) {
+		els = append(els[:len(els):len(els)], commitStamp())
 	}
 	if err := s.checkOps(op, len(cmps), len(then), len(els)); err != nil {
 		return nil, err
