@@ -171,6 +171,8 @@ type Service struct {
 	store Store
 	log   *slog.Logger
 	obs   Observer
+	// fakeClock is set when Config.Now replaced time.Now.
+	fakeClock bool
 
 	gens  generations
 	watch watchState
@@ -199,8 +201,9 @@ func New(ctx context.Context, store Store, cfg Config) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("authz config: %w", err)
 	}
+	fakeClock := cfg.Now != nil
 	cfg.setDefaults()
-	s := &Service{cfg: cfg, store: store, log: cfg.Logger, obs: cfg.Observer}
+	s := &Service{cfg: cfg, store: store, log: cfg.Logger, obs: cfg.Observer, fakeClock: fakeClock}
 	s.gens.seed = maphash.MakeSeed()
 	s.watch.init()
 	var err error

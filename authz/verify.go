@@ -98,15 +98,23 @@ var errNoToken = fmt.Errorf("%w: no token", ErrUnauthenticated)
 // return, errors included.
 func (s *Service) VerifyAccess(ctx context.Context, token, permission string, opt VerifyOptions) (Access, error) {
 	if s.obs == nil {
-		return s.verifyAccess(ctx, token, permission, opt)
+		return s.verifyAccess(ctx, token, permission, opt, s.now())
 	}
+	// Clock reads are a visible part of a cached decision's cost: the
+	// start time doubles as "now" for the cache's expiry check, unless
+	// a test replaced the clock.
 	start := time.Now()
-	acc, err := s.verifyAccess(ctx, token, permission, opt)
+	now := start
+	if s.fakeClock {
+		now = s.now()
+	}
+	acc, err := s.verifyAccess(ctx, token, permission, opt, now)
 	s.obs.Verified(acc.Cache, time.Since(start))
 	return acc, err
 }
 
-func (s *Service) verifyAccess(ctx context.Context, token, permission string, opt VerifyOptions) (Access, error) {
+// verifyAccess is VerifyAccess at time now.
+func (s *Service) verifyAccess(ctx context.Context, token, permission string, opt VerifyOptions, now time.Time) (Access, error) {
 	if token == "" {
 		return Access{}, errNoToken
 	}
@@ -117,7 +125,7 @@ func (s *Service) verifyAccess(ctx context.Context, token, permission string, op
 	result := CacheMiss
 	if !opt.NoCache && !opt.Explain {
 		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission {
-			if s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(s.now()) {
+			if s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(now) {
 				if e.err != nil {
 					return Access{Cache: CacheHit}, e.err
 				}
