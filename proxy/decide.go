@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/portcullis/portcullis/authz"
@@ -63,15 +65,29 @@ const (
 	HeaderLoginURL   = "X-Auth-Login-Url"
 )
 
-// each calls fn for every identity header, empty values included, so that
+// identityHeader is one identity header and its value.
+type identityHeader struct{ name, value string }
+
+// headers lists every identity header, empty values included, so that
 // proxies which copy named headers overwrite (and so erase) spoofed ones.
+// An array rather than a callback: the forward-auth hot path loops over it
+// without allocating a closure.
+func (id *Identity) headers() [6]identityHeader {
+	return [6]identityHeader{
+		{HeaderSubject, id.Subject},
+		{HeaderUserID, id.UserID},
+		{HeaderUsername, id.Username},
+		{HeaderEmail, id.Email},
+		{HeaderPermission, id.Permission},
+		{HeaderAssertion, id.Assertion},
+	}
+}
+
+// each calls fn for every identity header, as headers lists them.
 func (id *Identity) each(fn func(name, value string)) {
-	fn(HeaderSubject, id.Subject)
-	fn(HeaderUserID, id.UserID)
-	fn(HeaderUsername, id.Username)
-	fn(HeaderEmail, id.Email)
-	fn(HeaderPermission, id.Permission)
-	fn(HeaderAssertion, id.Assertion)
+	for _, h := range id.headers() {
+		fn(h.name, h.value)
+	}
 }
 
 // credentialSource says where a token was found, so it can be removed
@@ -227,12 +243,12 @@ func retrySeconds(d time.Duration) int {
 // rules; it sets v.Public, v.Rule and v.Upstream.
 func (s *Server) required(a *Attempt, v *Verdict) (string, int, error) {
 	if a.Permission != "" {
-		p, err := authz.ParsePermission(a.Permission)
+		p, err := s.canonicalPermissions.canonical(a.Permission)
 		if err != nil {
 			return "", http.StatusBadRequest, badRequest("permission parameter: " + err.Error())
 		}
 		v.Rule = "permission-parameter"
-		return p.String(), 0, nil
+		return p, 0, nil
 	}
 	if a.Method == "" {
 		return "", http.StatusBadRequest, badRequest("the original request method is unknown (send X-Forwarded-Method or X-Original-Method from the proxy)")
@@ -333,4 +349,72 @@ func (s *Server) redirectAllowed(target string) bool {
 		}
 	}
 	return false
+}
+
+// permissionCache remembers the canonical form of permission parameters.
+// They come from the proxies' configuration, so a handful of strings
+// repeat on every request; unescaping, parsing and re-printing them each
+// time was a measurable share of a forward-auth decision. Anyone can call
+// the endpoint with other values, so each map stops growing at a bound and
+// further values are parsed each time.
+type permissionCache struct {
+	plain   boundedStrings // as given → canonical
+	escaped boundedStrings // query-escaped → canonical
+}
+
+// canonical parses a permission given as is.
+func (c *permissionCache) canonical(raw string) (string, error) {
+	if p, ok := c.plain.load(raw); ok {
+		return p, nil
+	}
+	p, err := authz.ParsePermission(raw)
+	if err != nil {
+		return "", err
+	}
+	canonical := p.String()
+	c.plain.store(raw, canonical)
+	return canonical, nil
+}
+
+// fromQuery parses a query-escaped permission parameter.
+func (c *permissionCache) fromQuery(escaped string) (string, error) {
+	if p, ok := c.escaped.load(escaped); ok {
+		return p, nil
+	}
+	raw, err := url.QueryUnescape(escaped)
+	if err != nil {
+		return "", errors.New("malformed escape")
+	}
+	canonical, err := c.canonical(raw)
+	if err != nil {
+		return "", err
+	}
+	c.escaped.store(escaped, canonical)
+	return canonical, nil
+}
+
+// boundedStrings is a concurrent string map that stops growing at
+// maxCachedPermissions entries.
+type boundedStrings struct {
+	m    sync.Map
+	size atomic.Int32
+}
+
+const maxCachedPermissions = 1024
+
+func (b *boundedStrings) load(k string) (string, bool) {
+	v, ok := b.m.Load(k)
+	if !ok {
+		return "", false
+	}
+	return v.(string), true
+}
+
+func (b *boundedStrings) store(k, v string) {
+	if b.size.Load() >= maxCachedPermissions {
+		return
+	}
+	if _, loaded := b.m.LoadOrStore(k, v); !loaded {
+		b.size.Add(1)
+	}
 }

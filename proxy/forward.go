@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 
@@ -77,7 +76,7 @@ func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target str
 // forwardParams reads the forward-auth URL's own parameters (permission,
 // assertion) by scanning the raw query: url.Values would build a map on
 // every decision. Other parameters are ignored, as before.
-func forwardParams(raw string, a *Attempt) error {
+func forwardParams(raw string, a *Attempt, perms *permissionCache) error {
 	seen := false
 	for part := range strings.SplitSeq(raw, "&") {
 		name, value, _ := strings.Cut(part, "=")
@@ -87,11 +86,11 @@ func forwardParams(raw string, a *Attempt) error {
 				return badRequest("query parameter permission given more than once")
 			}
 			seen = true
-			v, err := url.QueryUnescape(value)
+			p, err := perms.fromQuery(value)
 			if err != nil {
-				return badRequest("query parameter permission: malformed escape")
+				return badRequest("permission parameter: " + err.Error())
 			}
-			a.Permission = v
+			a.Permission = p
 		case "assertion":
 			a.Assertion = value == "true"
 		}
@@ -124,7 +123,7 @@ func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 	a := s.connectionAttempt(req, DialectTraefik)
 	if req.URL.RawQuery != "" {
-		if err := forwardParams(req.URL.RawQuery, &a); err != nil {
+		if err := forwardParams(req.URL.RawQuery, &a, &s.canonicalPermissions); err != nil {
 			return a, err
 		}
 	}
@@ -213,11 +212,21 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) {
 	h := w.Header()
 	if v.Allowed() {
+		// Envoy adds the headers it gets and leaves the client's others in
+		// place, so it needs every identity header, empty ones erasing
+		// spoofed values. Traefik (authResponseHeaders) and nginx
+		// (auth_request_set + proxy_set_header) drop each listed header
+		// from the upstream request whether or not we send it: empty ones
+		// would only cost bytes on both sides.
+		all := a.Dialect == DialectEnvoyHTTP
 		vals := make([]string, 0, 6)
-		v.Identity.each(func(name, value string) {
-			vals = append(vals, value)
-			h[name] = vals[len(vals)-1:]
-		})
+		for _, ih := range v.Identity.headers() {
+			if ih.value == "" && !all {
+				continue
+			}
+			vals = append(vals, ih.value)
+			h[ih.name] = vals[len(vals)-1:]
+		}
 		s.upstreamCredentialHeaders(h, a, v)
 		w.WriteHeader(http.StatusOK)
 		return

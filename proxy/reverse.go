@@ -194,11 +194,13 @@ func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 			delete(h, "Cookie")
 		}
 	}
-	v.Identity.each(func(name, value string) {
-		if value != "" {
-			h[name] = []string{value}
+	vals := make([]string, 0, 6)
+	for _, ih := range v.Identity.headers() {
+		if ih.value != "" {
+			vals = append(vals, ih.value)
+			h[ih.name] = vals[len(vals)-1:]
 		}
-	})
+	}
 	clientIP := px.a.ClientIP
 	if prior := pr.In.Header.Values("X-Forwarded-For"); px.trusted && len(prior) > 0 {
 		h.Set("X-Forwarded-For", strings.Join(prior, ", ")+", "+peerAddr(pr.In).String())
@@ -219,17 +221,36 @@ func tokenCookiePresent(h http.Header) bool {
 // upstream: identity headers under any alias ("X_Auth_User",
 // "x.auth.subject", any case) and forwarding headers from the client.
 func isForbiddenUpstreamHeader(name string) bool {
-	n := strings.Map(func(r rune) rune {
+	return headerNameHasPrefix(name, "x-auth-") || headerNameHasPrefix(name, "x-forwarded-") || headerNameHasPrefix(name, "x-original-") ||
+		headerNameIs(name, "forwarded") || headerNameIs(name, "x-real-ip") || headerNameIs(name, "ct-token")
+}
+
+// headerNameHasPrefix reports whether name starts with lower, a lower-case
+// name, reading '_' and '.' in name as '-' and ignoring ASCII case. It runs
+// for every header of every proxied request, so it compares in place
+// rather than building the folded name.
+func headerNameHasPrefix(name, lower string) bool {
+	if len(name) < len(lower) {
+		return false
+	}
+	for i := 0; i < len(lower); i++ {
+		c := name[i]
 		switch {
-		case r == '_' || r == '.':
-			return '-'
-		case 'A' <= r && r <= 'Z':
-			return r + ('a' - 'A')
+		case c == '_' || c == '.':
+			c = '-'
+		case 'A' <= c && c <= 'Z':
+			c += 'a' - 'A'
 		}
-		return r
-	}, name)
-	return strings.HasPrefix(n, "x-auth-") || strings.HasPrefix(n, "x-forwarded-") || strings.HasPrefix(n, "x-original-") ||
-		n == "forwarded" || n == "x-real-ip" || n == "ct-token"
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// headerNameIs is headerNameHasPrefix for the whole name.
+func headerNameIs(name, lower string) bool {
+	return len(name) == len(lower) && headerNameHasPrefix(name, lower)
 }
 
 // stripQueryToken removes ct_token from a raw query, leaving the rest

@@ -108,6 +108,8 @@ type Server struct {
 	loginLimiter *limiter
 	metrics      *metrics
 	reverse      *httputil.ReverseProxy
+	// canonicalPermissions caches canonical ?permission= values.
+	canonicalPermissions permissionCache
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -161,6 +163,15 @@ func New(svc *authz.Service, cfg Config) *Server {
 // configured, authorizes and proxies everything else. Forward-auth
 // requests, the hot path, skip echo's routing and middleware.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(r.TransferEncoding) > 0 && r.ProtoMajor == 1 {
+		// net/http lets Transfer-Encoding override a Content-Length sent
+		// beside it and drops the Content-Length before we see it. A proxy
+		// in front that went by the Content-Length would take the rest of
+		// the chunked body for a request of its own: RFC 9112 §6.1 has
+		// the server close the connection after answering, so nothing
+		// pipelined behind a chunked body is read as another request.
+		w.Header().Set("Connection", "close")
+	}
 	apiPath, uri := r.URL.Path, r.RequestURI
 	if s.cfg.APIPrefix != "" {
 		rest, ok := cutPathPrefix(apiPath, s.cfg.APIPrefix)

@@ -57,39 +57,60 @@ func freeAddr(t *testing.T) string {
 // the process and waits for it; it is also registered as a cleanup.
 func startServe(t *testing.T, args ...string) (api, metrics string, logs *etcdtest.SyncBuffer, stop func()) {
 	t.Helper()
-	api, metrics = freeAddr(t), freeAddr(t)
+	p := startServeProcess(t, args...)
+	return p.api, p.metrics, p.logs, p.stop
+}
+
+// served is a running portcullis serve process.
+type served struct {
+	api, metrics string
+	logs         *etcdtest.SyncBuffer
+	cmd          *exec.Cmd
+	// stop interrupts the process (SIGINT) and waits for it.
+	stop func()
+}
+
+// kill ends the process with SIGKILL, as a crash would, and waits for it.
+func (p *served) kill() {
+	_ = p.cmd.Process.Kill()
+	p.stop()
+}
+
+func startServeProcess(t *testing.T, args ...string) *served {
+	t.Helper()
+	p := &served{api: freeAddr(t), metrics: freeAddr(t), logs: &etcdtest.SyncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", api, "--metrics-listen", metrics, "--log-format", "text"}, args...)...)
+	cmd := exec.CommandContext(ctx, binPath, append([]string{"serve", "--listen", p.api, "--metrics-listen", p.metrics, "--log-format", "text"}, args...)...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 20 * time.Second
-	logs = &etcdtest.SyncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.Stdout, cmd.Stderr = p.logs, p.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	p.cmd = cmd
 	var once sync.Once
-	stop = func() {
+	p.stop = func() {
 		once.Do(func() {
 			cancel()
 			_ = cmd.Wait()
 		})
 	}
-	t.Cleanup(stop)
+	t.Cleanup(p.stop)
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if resp, err := http.Get("http://" + metrics + "/readyz"); err == nil {
+		if resp, err := http.Get("http://" + p.metrics + "/readyz"); err == nil {
 			resp.Body.Close()
 			// The log arrives through a pipe copied by another goroutine, so
 			// readiness alone does not mean the start-up lines are in the
 			// buffer; "portcullis serving" is logged last and the pipe keeps order.
-			if resp.StatusCode == 200 && strings.Contains(logs.String(), "portcullis serving") {
-				return api, metrics, logs, stop
+			if resp.StatusCode == 200 && strings.Contains(p.logs.String(), "portcullis serving") {
+				return p
 			}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("server not ready after 60s; logs:\n%s", logs)
-	return
+	t.Fatalf("server not ready after 60s; logs:\n%s", p.logs)
+	return nil
 }
 
 func TestSecondProcessOnSameDataDirFailsFast(t *testing.T) {

@@ -34,7 +34,10 @@ const (
 	DefaultPrefix         = "/portcullis/"
 	DefaultRequestTimeout = 5 * time.Second
 	DefaultDialTimeout    = 5 * time.Second
-	DefaultMaxTxnOps      = 10000
+	// DefaultWatchLivenessInterval bounds how long a silent watch is
+	// trusted: three intervals.
+	DefaultWatchLivenessInterval = 500 * time.Millisecond
+	DefaultMaxTxnOps             = 10000
 )
 
 // SchemaVersion is the version of the key layout this package reads and
@@ -76,6 +79,16 @@ type Config struct {
 	// default DefaultRequestTimeout. A call that runs out of it fails with
 	// authz.ErrUnavailable.
 	RequestTimeout time.Duration
+	// EndpointCheckInterval is how often a client Open creates with several
+	// endpoints checks each member, leaving out those that do not answer
+	// within it (a frozen host would otherwise stall every request routed
+	// to it); default DefaultEndpointCheckInterval, negative to disable.
+	EndpointCheckInterval time.Duration
+	// WatchLivenessInterval is how often a current watch asks etcd for
+	// progress; a watch that hears nothing for three intervals ends with
+	// ErrUnavailable (so the caller stops trusting its caches and watches
+	// again). Default DefaultWatchLivenessInterval, negative to disable.
+	WatchLivenessInterval time.Duration
 	// MaxTxnOps is the largest transaction the Store sends; default
 	// DefaultMaxTxnOps. It must not exceed the server's --max-txn-ops
 	// (etcd's default there is 128). A larger change fails with
@@ -142,6 +155,12 @@ type Store struct {
 	progressRequests bool
 	obs              Observer
 
+	// checker prunes unresponsive endpoints (nil with one endpoint or a
+	// caller's client).
+	checker *endpointChecker
+
+	livenessInterval time.Duration
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -164,13 +183,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxTxnOps == 0 {
 		cfg.MaxTxnOps = DefaultMaxTxnOps
 	}
+	if cfg.WatchLivenessInterval == 0 {
+		cfg.WatchLivenessInterval = DefaultWatchLivenessInterval
+	}
 
 	s := &Store{
-		client:         cfg.Client,
-		prefix:         cfg.Prefix,
-		requestTimeout: cfg.RequestTimeout,
-		maxTxnOps:      cfg.MaxTxnOps,
-		obs:            cfg.Observer,
+		client:           cfg.Client,
+		prefix:           cfg.Prefix,
+		requestTimeout:   cfg.RequestTimeout,
+		maxTxnOps:        cfg.MaxTxnOps,
+		livenessInterval: cfg.WatchLivenessInterval,
+		obs:              cfg.Observer,
 	}
 	if s.client == nil {
 		c, err := clientv3.New(clientv3.Config{
@@ -205,6 +228,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		logger = slog.Default()
 	}
 	s.progressRequests = s.progressRequestsSafe(ctx, logger)
+	if s.ownClient && len(cfg.Endpoints) > 1 && cfg.EndpointCheckInterval >= 0 {
+		interval := cfg.EndpointCheckInterval
+		if interval == 0 {
+			interval = DefaultEndpointCheckInterval
+		}
+		s.checker = startEndpointChecker(s.client, cfg.Endpoints, interval, logger)
+	}
 	return s, nil
 }
 
@@ -295,6 +325,9 @@ func (s *Store) checkSchema(ctx context.Context) error {
 // once; later calls return the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
+		if s.checker != nil {
+			s.checker.stop()
+		}
 		errs := []error{s.rawWatcher.Close(), s.lease.Close()}
 		if s.ownClient {
 			errs = append(errs, s.client.Close())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -83,11 +84,48 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 		}
 	}
 
+	// Once current, the watch must keep proving it is alive: a member whose
+	// process is frozen keeps the stream open and says nothing, and the
+	// caches would go on trusting a watch that no longer delivers
+	// revocations. Every livenessInterval the watchdog asks for progress;
+	// when nothing at all (event or progress) has arrived for three
+	// intervals, it ends the watch, the caller bypasses its caches and
+	// watches again (on another member, once the endpoint checker has left
+	// the frozen one out).
+	var heard, silentFor atomic.Int64
+	heard.Store(time.Now().UnixNano())
+	watchdog := func() {
+		t := time.NewTicker(s.livenessInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+			}
+			if since := time.Since(time.Unix(0, heard.Load())); since > 3*s.livenessInterval {
+				silentFor.Store(int64(since))
+				cancel()
+				return
+			}
+			// On a frozen stream the request itself may block until the
+			// watch ends.
+			go s.watcher.RequestProgress(wctx)
+		}
+	}
+	silent := func() error {
+		if d := time.Duration(silentFor.Load()); d != 0 {
+			return fmt.Errorf("watch: %w: nothing heard from etcd for %v", authz.ErrUnavailable, d.Round(time.Millisecond))
+		}
+		return nil
+	}
+
 	var (
 		lastRev int64
 		seen    = map[authz.Change]bool{}
 	)
 	for resp := range wch {
+		heard.Store(time.Now().UnixNano())
 		if !created {
 			created = true
 			s.observe(OpWatchOpen, opened, resp.Err())
@@ -98,6 +136,9 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 		if err := resp.Err(); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
+			}
+			if err := silent(); err != nil {
+				return err
 			}
 			if errors.Is(err, rpctypes.ErrCompacted) {
 				return compactedError{rev: after + 1}
@@ -111,8 +152,22 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 			continue
 		}
 		if resp.IsProgressNotify() {
-			progressOnce.Do(func() { close(progressed) })
-			fn(authz.Change{Kind: authz.ChangeProgress, Revision: resp.Header.Revision})
+			first := false
+			progressOnce.Do(func() {
+				first = true
+				close(progressed)
+				if s.livenessInterval > 0 {
+					go watchdog()
+				}
+			})
+			// Servers that answer progress requests unsafely (see
+			// progressRequestsSafe) may answer the watchdog's with a
+			// revision whose events are still on their way: from them
+			// only etcd's own first notification says the watch is
+			// current; later ones only say it is alive.
+			if first || s.progressRequests {
+				fn(authz.Change{Kind: authz.ChangeProgress, Revision: resp.Header.Revision})
+			}
 			continue
 		}
 		stamps := commitStamps(resp.Events)
@@ -140,6 +195,9 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
+	}
+	if err := silent(); err != nil {
+		return err
 	}
 	// The channel closes without an error response when the client or the
 	// Store is closed.
