@@ -285,6 +285,13 @@ func TestMetricsEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Nothing a client sent becomes a label.
+	for _, secret := range []string{admin, bob, "bob", "ghost", "app.example.com", "/app/x", "127.0.0.1"} {
+		if bytes.Contains(body, []byte(secret)) {
+			t.Errorf("the scrape contains %q, something a client sent", secret)
+		}
+	}
+
 	t.Run("promtool check metrics", func(t *testing.T) {
 		cmd := exec.Command(promtoolPath, "check", "metrics")
 		cmd.Stdin = bytes.NewReader(body)
