@@ -217,7 +217,13 @@ func (s *Service) apply(c Change) {
 		}
 	}
 	s.watch.applied.Store(c.Revision)
-	s.watch.lastEvent.Store(time.Now().UnixNano())
+	now := time.Now()
+	s.watch.lastEvent.Store(now.UnixNano())
+	if s.obs != nil && !c.CommittedAt.IsZero() {
+		// The writer's clock against ours: skew between replicas shows up
+		// here, and a negative difference means at least that much skew.
+		s.obs.ChangeApplied(c.Kind, c.Revocation, max(now.Sub(c.CommittedAt), 0))
+	}
 }
 
 // cacheUsable reports whether cached entries may be served for a request

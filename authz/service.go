@@ -57,6 +57,8 @@ type Config struct {
 	CacheTTL time.Duration
 	// Logger receives operational messages. Default slog.Default().
 	Logger *slog.Logger
+	// Observer receives measurements for metrics; nil: none are taken.
+	Observer Observer
 	// Now is the clock; tests replace it. Default time.Now.
 	Now func() time.Time
 }
@@ -168,6 +170,9 @@ type Service struct {
 	cfg   Config
 	store Store
 	log   *slog.Logger
+	obs   Observer
+	// fakeClock is set when Config.Now replaced time.Now.
+	fakeClock bool
 
 	gens  generations
 	watch watchState
@@ -196,8 +201,9 @@ func New(ctx context.Context, store Store, cfg Config) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("authz config: %w", err)
 	}
+	fakeClock := cfg.Now != nil
 	cfg.setDefaults()
-	s := &Service{cfg: cfg, store: store, log: cfg.Logger}
+	s := &Service{cfg: cfg, store: store, log: cfg.Logger, obs: cfg.Observer, fakeClock: fakeClock}
 	s.gens.seed = maphash.MakeSeed()
 	s.watch.init()
 	var err error
@@ -214,10 +220,10 @@ func New(ctx context.Context, store Store, cfg Config) (*Service, error) {
 	if s.decisions, err = cache.New[uint64, *decisionEntry](cache.Config{MaxCost: perCache}); err != nil {
 		return nil, err
 	}
-	if s.clients, err = cache.New[string, *clientEntry](cache.Config{MaxCost: 1 << 20}); err != nil {
+	if s.clients, err = cache.New[string, *clientEntry](cache.Config{MaxCost: clientsCacheCost}); err != nil {
 		return nil, err
 	}
-	if s.assertions, err = cache.New[uint64, *assertionEntry](cache.Config{MaxCost: 4 << 20}); err != nil {
+	if s.assertions, err = cache.New[uint64, *assertionEntry](cache.Config{MaxCost: assertionsCacheCost}); err != nil {
 		return nil, err
 	}
 	s.hashSem = make(chan struct{}, cfg.MaxConcurrentHashes)

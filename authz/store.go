@@ -152,6 +152,13 @@ type Change struct {
 	Kind     ChangeKind
 	Key      string
 	Revision Revision
+	// CommittedAt is when the writer committed the change, by the
+	// writer's clock; zero when the store does not know (writes from
+	// elsewhere, lease expiries). It measures how long invalidation took.
+	CommittedAt time.Time
+	// Revocation says the change took access away: the object was
+	// deleted, or (ChangeSession) the session was revoked.
+	Revocation bool
 }
 
 // Store is the persistent state behind authz. Every method is safe for

@@ -39,6 +39,8 @@ type Access struct {
 	Revision Revision `json:"-"`
 	// Explanation is set when VerifyOptions.Explain was asked for.
 	Explanation *Explanation `json:"explanation,omitempty"`
+	// Cache says how the decision cache served this verification.
+	Cache CacheResult `json:"-"`
 
 	key digest     // the token's digest, to re-check the caller later without its secret
 	p   *principal // the resolved token, for the same purpose
@@ -91,7 +93,28 @@ var errNoToken = fmt.Errorf("%w: no token", ErrUnauthenticated)
 // ErrUnauthenticated); with a permission, one of the token's scopes and the
 // subject's resolved grants must both grant it (else a *DeniedError). A bad
 // permission is ErrInvalid.
+//
+// Access.Cache says how the decision cache served the call, on every
+// return, errors included.
 func (s *Service) VerifyAccess(ctx context.Context, token, permission string, opt VerifyOptions) (Access, error) {
+	if s.obs == nil {
+		return s.verifyAccess(ctx, token, permission, opt, s.now())
+	}
+	// Clock reads are a visible part of a cached decision's cost: the
+	// start time doubles as "now" for the cache's expiry check, unless
+	// a test replaced the clock.
+	start := time.Now()
+	now := start
+	if s.fakeClock {
+		now = s.now()
+	}
+	acc, err := s.verifyAccess(ctx, token, permission, opt, now)
+	s.obs.Verified(acc.Cache, time.Since(start))
+	return acc, err
+}
+
+// verifyAccess is VerifyAccess at time now.
+func (s *Service) verifyAccess(ctx context.Context, token, permission string, opt VerifyOptions, now time.Time) (Access, error) {
 	if token == "" {
 		return Access{}, errNoToken
 	}
@@ -99,16 +122,23 @@ func (s *Service) VerifyAccess(ctx context.Context, token, permission string, op
 		return Access{}, fmt.Errorf("%w: token longer than %d bytes", ErrUnauthenticated, maxTokenLen)
 	}
 	d := digestOf(token)
+	result := CacheMiss
 	if !opt.NoCache && !opt.Explain {
-		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission &&
-			s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(s.now()) {
-			if e.err != nil {
-				return Access{}, e.err
+		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission {
+			if s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(now) {
+				if e.err != nil {
+					return Access{Cache: CacheHit}, e.err
+				}
+				acc := e.access
+				acc.Cache = CacheHit
+				return acc, nil
 			}
-			return e.access, nil
+			result = CacheStale
 		}
 	}
-	return s.verifySlow(ctx, token, d, permission, opt)
+	acc, err := s.verifySlow(ctx, token, d, permission, opt)
+	acc.Cache = result
+	return acc, err
 }
 
 var decisionSeed = maphash.MakeSeed()

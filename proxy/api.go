@@ -121,7 +121,17 @@ type authorizedAccess struct {
 	Explanation *authz.Explanation `json:"explanation,omitempty"`
 }
 
-func (s *Server) verify(c echo.Context) error {
+// verify is POST /auth/tokens/verify, counted as a decision of the "api"
+// dialect.
+func (s *Server) verify(c echo.Context) (err error) {
+	cache := cacheNone
+	defer func() {
+		status := http.StatusOK
+		if err != nil {
+			status, _ = s.classify(err)
+		}
+		s.metrics.decided(DialectAPI, status, cache)
+	}()
 	ctx := c.Request().Context()
 	permission, err := queryOne(c, "permission")
 	if err != nil {
@@ -162,6 +172,7 @@ func (s *Server) verify(c echo.Context) error {
 		}
 	}
 	acc, err := s.svc.VerifyAccess(ctx, tok, permission, authz.VerifyOptions{AtLeastRevision: atLeast, NoCache: !useCache, Explain: explain})
+	cache = cacheLabelOf(acc.Cache)
 	if err != nil {
 		return err
 	}

@@ -124,18 +124,22 @@ type Verdict struct {
 	LoginURL string
 	// invalidToken: a credential was presented but not accepted.
 	invalidToken bool
+	// cache says how the decision cache served the verification, for metrics.
+	cache cacheLabel
 }
 
 // Allowed reports an allow.
 func (v *Verdict) Allowed() bool { return v.Status == http.StatusOK }
 
 // Decide runs one request through the route rules and verify_access. It
-// is the single decision engine behind every dialect.
+// is the single decision engine behind every dialect, and counts the
+// decision in portcullis_decisions_total.
 func (s *Server) Decide(ctx context.Context, a Attempt) Verdict {
 	v := s.decide(ctx, &a)
 	if v.Status == http.StatusUnauthorized {
 		v.LoginURL = s.loginURL(&a)
 	}
+	s.metrics.decided(a.Dialect, v.Status, v.cache)
 	return v
 }
 
@@ -188,6 +192,7 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 		return fail(http.StatusUnauthorized, fmt.Errorf("%w: no credentials", authz.ErrUnauthenticated))
 	}
 	acc, err := s.svc.VerifyAccess(ctx, tok, permission, authz.VerifyOptions{})
+	v.cache = cacheLabelOf(acc.Cache)
 	if err != nil && !errors.Is(err, authz.ErrPermissionDenied) {
 		v.invalidToken = errors.Is(err, authz.ErrUnauthenticated)
 		status, _ := s.classify(err)

@@ -38,6 +38,7 @@ func (s *Server) serveForward(w http.ResponseWriter, req *http.Request) {
 	a, err := s.forwardAttempt(req)
 	if err != nil {
 		v := Verdict{Status: http.StatusBadRequest, Err: err}
+		s.metrics.decided(a.Dialect, v.Status, cacheNone)
 		s.writeDenial(w, req, &a, &v)
 		return
 	}
@@ -57,6 +58,7 @@ func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target str
 		p, ok, err := singleHeader(req.Header, "X-Forwarded-Proto")
 		if err != nil {
 			v := Verdict{Status: http.StatusBadRequest, Err: err}
+			s.metrics.decided(a.Dialect, v.Status, cacheNone)
 			s.writeDenial(w, req, &a, &v)
 			return
 		}

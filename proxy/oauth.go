@@ -91,11 +91,14 @@ func asOAuth(err error, basic bool) error {
 	return &oauthResponseError{status: status, oe: oe, basic: basic && oe.Code == "invalid_client"}
 }
 
-func (s *Server) token(c echo.Context) error {
+func (s *Server) token(c echo.Context) (err error) {
+	grantType := ""
+	defer func() { s.metrics.tokenRequest(grantType, err) }()
 	form, err := oauthForm(c)
 	if err != nil {
 		return err
 	}
+	grantType = form.Get("grant_type")
 	id, secret, basic, err := clientCredentials(c.Request(), form)
 	if err != nil {
 		return err
@@ -120,6 +123,7 @@ func (s *Server) token(c echo.Context) error {
 	password := form.Get("grant_type") == authz.GrantPassword
 	if password {
 		if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+			s.metrics.throttled[throttleAddress].Inc()
 			c.Response().Header().Set("Retry-After", retryAfter(wait))
 			return &oauthResponseError{status: http.StatusTooManyRequests, oe: &authz.OAuthError{Code: "temporarily_unavailable",
 				Description: "too many failed sign-in attempts from this address; retry later"}}
@@ -136,6 +140,9 @@ func (s *Server) token(c echo.Context) error {
 		var oe *authz.OAuthError
 		if password && errors.As(err, &oe) && oe.Code == "invalid_grant" {
 			s.loginLimiter.fail(c.RealIP())
+		}
+		if errors.Is(err, authz.ErrThrottled) {
+			s.metrics.throttled[throttleAccount].Inc()
 		}
 		return asOAuth(err, basic)
 	}

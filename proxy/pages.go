@@ -235,6 +235,7 @@ func (s *Server) login(c echo.Context) error {
 	username := r.PostFormValue("username")
 	d := &pageData{Title: "Sign in", RD: rd, Username: username}
 	if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+		s.metrics.throttled[throttleAddress].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(wait))
 		d.Error = "Too many failed sign-in attempts from your address. Try again later."
 		return s.renderPage(c, http.StatusTooManyRequests, "login", d)
@@ -247,6 +248,7 @@ func (s *Server) login(c echo.Context) error {
 	var te *authz.ThrottledError
 	switch {
 	case errors.As(err, &te):
+		s.metrics.throttled[throttleAccount].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(te.RetryAfter))
 		d.Error = "Too many failed sign-in attempts for this account. Try again later."
 		return s.renderPage(c, http.StatusTooManyRequests, "login", d)

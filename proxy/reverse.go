@@ -77,11 +77,12 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 		ExpectContinueTimeout: time.Second,
 	}
 	return &httputil.ReverseProxy{
-		Rewrite:      s.rewrite,
-		Transport:    transport,
-		BufferPool:   &bufferPool{},
-		ErrorHandler: s.proxyError,
-		ErrorLog:     nil,
+		Rewrite:        s.rewrite,
+		Transport:      transport,
+		BufferPool:     &bufferPool{},
+		ErrorHandler:   s.proxyError,
+		ModifyResponse: s.upstreamResponded,
+		ErrorLog:       nil,
 	}
 }
 
@@ -97,6 +98,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := checkUpgrade(r); err != nil {
 		v := Verdict{Status: http.StatusBadRequest, Err: err}
+		s.metrics.decided(a.Dialect, v.Status, cacheNone)
 		s.writeDenial(w, r, &a, &v)
 		return
 	}
@@ -123,6 +125,17 @@ type proxied struct {
 	v       Verdict
 	a       Attempt
 	trusted bool
+	// sent is when the request left for the upstream (set in rewrite).
+	sent time.Time
+}
+
+// upstreamResponded records the upstream's latency and status class
+// (ReverseProxy.ModifyResponse).
+func (s *Server) upstreamResponded(resp *http.Response) error {
+	if px, ok := resp.Request.Context().Value(verdictKey{}).(*proxied); ok && !px.sent.IsZero() {
+		s.metrics.upstreamDone(resp.StatusCode, time.Since(px.sent))
+	}
+	return nil
 }
 
 // checkUpgrade lets WebSocket upgrades through (they are authorized like
@@ -146,6 +159,7 @@ func checkUpgrade(r *http.Request) error {
 // no credential, no client-sent identity or forwarding headers, ours set.
 func (s *Server) rewrite(pr *httputil.ProxyRequest) {
 	px := pr.In.Context().Value(verdictKey{}).(*proxied)
+	px.sent = time.Now()
 	v, target := &px.v, px.v.Upstream
 	out := pr.Out
 	out.URL.Scheme, out.URL.Host = target.Scheme, target.Host
@@ -260,10 +274,14 @@ func stripQueryToken(raw string) string {
 // proxyError answers upstream failures: 504 on timeouts, 502 otherwise.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := http.StatusBadGateway, "upstream unavailable"
+	clientGone := errors.Is(err, context.Canceled) && r.Context().Err() != nil
+	if px, ok := r.Context().Value(verdictKey{}).(*proxied); ok && !px.sent.IsZero() && !clientGone {
+		s.metrics.upstreamDone(0, time.Since(px.sent))
+	}
 	var ne net.Error
 	var mbe *http.MaxBytesError
 	switch {
-	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+	case clientGone:
 		// The client went away; nobody is listening.
 		w.WriteHeader(499)
 		return

@@ -6,13 +6,14 @@
 # sudo) before `go test ./...`.
 set -eu
 
-# Extend this list as tests gain dependencies (nginx, chromium, prometheus,
-# ...). One Debian package name per entry.
+# Extend this list as tests gain dependencies (nginx, chromium, prometheus
+# for promtool, ...). One Debian package name per entry.
 PACKAGES="
 etcd-server
 etcd-client
 nginx
 chromium
+prometheus
 "
 
 # Other scripts (scripts/bench-deps.sh) pass their own package list.

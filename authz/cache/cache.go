@@ -5,6 +5,7 @@ package cache
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -38,11 +39,16 @@ type Cache[K Key, V any] interface {
 	Close()
 }
 
-// Stats are cumulative counters since the cache was created.
+// Stats are cumulative counters since the cache was created (Clear does
+// not reset them), and the cache's current occupation.
 type Stats struct {
+	// Evictions counts values removed by the cost bound, by expiry or by
+	// Del; Clear is not counted.
 	Hits, Misses, Evictions uint64
 	// Cost is the sum of the costs of the values held now.
 	Cost int64
+	// Entries is the number of values held now.
+	Entries int64
 }
 
 // Config sizes a cache.
@@ -58,6 +64,10 @@ type Config struct {
 // Ristretto is a Cache backed by ristretto v2.
 type Ristretto[K Key, V any] struct {
 	c *ristretto.Cache[K, V]
+	// ristretto resets its counters on Clear; base keeps what they had
+	// counted before, so the totals never go backwards.
+	mu   sync.Mutex
+	base Stats
 }
 
 var _ Cache[string, int] = (*Ristretto[string, int])(nil)
@@ -106,7 +116,15 @@ func (r *Ristretto[K, V]) Set(key K, value V, cost int64, ttl time.Duration) boo
 func (r *Ristretto[K, V]) Del(key K) { r.c.Del(key) }
 
 // Clear removes every value.
-func (r *Ristretto[K, V]) Clear() { r.c.Clear() }
+func (r *Ristretto[K, V]) Clear() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.c.Metrics
+	r.base.Hits += m.Hits()
+	r.base.Misses += m.Misses()
+	r.base.Evictions += m.KeysEvicted()
+	r.c.Clear()
+}
 
 // Wait waits for pending Sets to be applied.
 func (r *Ristretto[K, V]) Wait() { r.c.Wait() }
@@ -114,8 +132,16 @@ func (r *Ristretto[K, V]) Wait() { r.c.Wait() }
 // Close stops the cache's goroutines; the cache must not be used afterwards.
 func (r *Ristretto[K, V]) Close() { r.c.Close() }
 
-// Stats returns the cache's counters.
+// Stats returns the cache's counters. It is a few atomic loads.
 func (r *Ristretto[K, V]) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	m := r.c.Metrics
-	return Stats{Hits: m.Hits(), Misses: m.Misses(), Evictions: m.KeysEvicted(), Cost: int64(m.CostAdded() - m.CostEvicted())}
+	return Stats{
+		Hits:      r.base.Hits + m.Hits(),
+		Misses:    r.base.Misses + m.Misses(),
+		Evictions: r.base.Evictions + m.KeysEvicted(),
+		Cost:      int64(m.CostAdded() - m.CostEvicted()),
+		Entries:   int64(m.KeysAdded() - m.KeysEvicted()),
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/metrics"
 	"github.com/portcullis/portcullis/proxy"
 	"github.com/portcullis/portcullis/proxy/rules"
 	"github.com/portcullis/portcullis/store/embedetcd"
@@ -238,8 +239,11 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 		return nil, "", closeFn, fmt.Errorf("start embedded etcd: %w", err)
 	}
 	closers = append(closers, func() { etcd.Close() })
+	// The same registry wiring as `portcullis serve`, so metrics cost
+	// what they cost in production.
+	reg := prometheus.NewRegistry()
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	st, err := etcdstore.Open(openCtx, etcdstore.Config{Endpoints: etcd.Endpoints(), Logger: log})
+	st, err := etcdstore.Open(openCtx, etcdstore.Config{Endpoints: etcd.Endpoints(), Logger: log, Observer: metrics.NewStore(reg)})
 	cancel()
 	if err != nil {
 		return nil, "", closeFn, fmt.Errorf("open store: %w", err)
@@ -247,7 +251,7 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 	closers = append(closers, func() { st.Close() })
 
 	runCtx, stopRun := context.WithCancel(ctx)
-	svc, err := authz.New(runCtx, st, authz.Config{BcryptCost: 10, Logger: log})
+	svc, err := authz.New(runCtx, st, authz.Config{BcryptCost: 10, Logger: log, Observer: metrics.NewAuthz(reg)})
 	if err != nil {
 		stopRun()
 		return nil, "", closeFn, err
@@ -287,8 +291,7 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 	if err != nil {
 		return nil, "", closeFn, err
 	}
-	// The same registry wiring as `portcullis serve`, so metrics cost
-	// what they cost in production.
-	cfg := proxy.Config{Logger: log, Routes: tbl, Registerer: prometheus.NewRegistry(), Upstream: upstream}
+	metrics.RegisterService(reg, svc)
+	cfg := proxy.Config{Logger: log, Routes: tbl, Registerer: reg, Upstream: upstream}
 	return proxy.New(svc, cfg), token, closeFn, nil
 }

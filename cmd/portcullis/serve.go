@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/metrics"
 	"github.com/portcullis/portcullis/proxy"
 	"github.com/portcullis/portcullis/proxy/envoyauthz"
 	"github.com/portcullis/portcullis/store/embedetcd"
@@ -120,12 +121,16 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return configError{err}
 	}
+	// One registry for every layer: the store and authz get observers
+	// backed by it, the proxy registers its own collectors.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Bounded: dialing takes at most etcd_dial_timeout, the first reads
 	// a few seconds more; then start-up fails naming the endpoints.
 	openCtx, cancel := context.WithTimeout(startCtx, cfg.EtcdDialTimeout+5*time.Second)
 	st, err := etcdstore.Open(openCtx, etcdstore.Config{
 		Endpoints: endpoints, Prefix: cfg.EtcdPrefix, Username: cfg.EtcdUsername, Password: etcdPassword,
-		TLS: tlsCfg, DialTimeout: cfg.EtcdDialTimeout,
+		TLS: tlsCfg, DialTimeout: cfg.EtcdDialTimeout, Observer: metrics.NewStore(reg),
 	})
 	cancel()
 	if err != nil {
@@ -142,11 +147,13 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	svc, err := authz.New(startCtx, st, authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
+		Observer: metrics.NewAuthz(reg),
 	})
 	if err != nil {
 		return configError{err}
 	}
 	defer svc.Close()
+	metrics.RegisterService(reg, svc)
 	g.Go(func() error { return svc.Run(ctx) })
 
 	if err := bootstrapAdmin(startCtx, svc, st, adminPassword, log); err != nil {
@@ -158,8 +165,6 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	} else if strings.HasPrefix(cfg.PublicURL, "http://") {
 		log.Warn("public_url is plain http: session cookies and OAuth2 codes travel unencrypted")
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	pcfg, err := proxyConfig(cfg, log, reg)
 	if err != nil {
 		return err

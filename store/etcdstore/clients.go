@@ -72,11 +72,13 @@ func (s *Store) Clients(ctx context.Context) ([]authz.ClientRecord, error) {
 func (s *Store) DeleteClient(ctx context.Context, id string) (authz.Revision, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	resp, err := s.kv.Delete(ctx, clientKey(id))
+	// A transaction rather than a delete, for the commit stamp (and so
+	// only when the client exists: no stamp for nothing).
+	resp, err := s.commit(ctx, "delete client", []clientv3.Cmp{exists(clientKey(id))}, []clientv3.Op{clientv3.OpDelete(clientKey(id))}, nil)
 	if err != nil {
-		return 0, s.fail(ctx, "delete client", err)
+		return 0, err
 	}
-	if resp.Deleted == 0 {
+	if !resp.Succeeded {
 		return 0, fmt.Errorf("delete client %q: %w", id, authz.ErrNotFound)
 	}
 	return resp.Header.Revision, nil

@@ -11,6 +11,12 @@ import (
 const (
 	keySchema = "schema"
 
+	// committed-at: committedAtValue, the wall-clock time of the newest
+	// write transaction, put by every write transaction (see commit). A
+	// watcher reads, from the event at the same revision, when the change
+	// it sees was committed.
+	keyCommittedAt = "committed-at"
+
 	// grants/<resource>|<grant>: the resource holds the grant. Resources and
 	// grants never contain '|', so "grants/<resource>|" lists exactly the
 	// grants of one resource.
@@ -82,6 +88,9 @@ type (
 	}
 	sessionValue struct {
 		ExpiresAt time.Time `json:"expires_at"`
+	}
+	committedAtValue struct {
+		At time.Time `json:"at"`
 	}
 )
 

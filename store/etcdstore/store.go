@@ -94,6 +94,8 @@ type Config struct {
 	// (etcd's default there is 128). A larger change fails with
 	// ErrTxnTooLarge instead of being split, which would break atomicity.
 	MaxTxnOps int
+	// Observer, when set, is told the duration of every etcd request.
+	Observer Observer
 }
 
 // Validate reports every problem of c at once. It has no side effects.
@@ -151,6 +153,7 @@ type Store struct {
 	// progressRequests says whether Watch may ask etcd for a progress
 	// notification; see progressRequestsSafe.
 	progressRequests bool
+	obs              Observer
 
 	// checker prunes unresponsive endpoints (nil with one endpoint or a
 	// caller's client).
@@ -190,6 +193,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		requestTimeout:   cfg.RequestTimeout,
 		maxTxnOps:        cfg.MaxTxnOps,
 		livenessInterval: cfg.WatchLivenessInterval,
+		obs:              cfg.Observer,
 	}
 	if s.client == nil {
 		c, err := clientv3.New(clientv3.Config{
@@ -206,6 +210,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.client, s.ownClient = c, true
 	}
 	s.kv = namespace.NewKV(s.client.KV, s.prefix)
+	if s.obs != nil {
+		s.kv = observedKV{KV: s.kv, s: s}
+	}
 	// Own watcher and lease instances: closing them on Close must not stop
 	// watches and keep-alives of a client the caller shares with others.
 	s.rawWatcher = clientv3.NewWatcher(s.client)
@@ -353,7 +360,10 @@ func (s *Store) Prefix() string { return s.prefix }
 func (s *Store) Compact(ctx context.Context, rev authz.Revision) error {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	if _, err := s.client.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+	start := time.Now()
+	_, err := s.client.Compact(ctx, rev, clientv3.WithCompactPhysical())
+	s.observe(OpCompact, start, err)
+	if err != nil {
 		return s.fail(ctx, "compact", err)
 	}
 	return nil
@@ -448,8 +458,17 @@ func (s *Store) checkOps(op string, lens ...int) error {
 	return nil
 }
 
-// commit sends one transaction after checking its size.
+// commit sends one transaction after checking its size. A transaction
+// that writes also stamps keyCommittedAt with the time, so that watchers
+// can tell how long the change took to reach them.
 func (s *Store) commit(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
+	// Either branch may write (AddGrant writes in Else); each gets its stamp.
+	if hasWrites(then) {
+		then = append(then[:len(then):len(then)], commitStamp())
+	}
+	if hasWrites(els) {
+		els = append(els[:len(els):len(els)], commitStamp())
+	}
 	if err := s.checkOps(op, len(cmps), len(then), len(els)); err != nil {
 		return nil, err
 	}
@@ -458,6 +477,12 @@ func (s *Store) commit(ctx context.Context, op string, cmps []clientv3.Cmp, then
 		return nil, s.fail(ctx, op, err)
 	}
 	return resp, nil
+}
+
+// commitStamp is the put of keyCommittedAt, with the time taken as the
+// transaction is sent: what watchers measure from includes the commit.
+func commitStamp() clientv3.Op {
+	return clientv3.OpPut(keyCommittedAt, encode(committedAtValue{At: time.Now().UTC()}))
 }
 
 // readBatch bounds the gets of one read-only transaction where atomicity

@@ -50,7 +50,9 @@ func (s *Store) grantLease(ctx context.Context, op string, until time.Time) (cli
 	if ttl < 1 {
 		ttl = 1
 	}
+	start := time.Now()
 	resp, err := s.lease.Grant(ctx, ttl)
+	s.observe(OpLeaseGrant, start, err)
 	if err != nil {
 		return 0, s.fail(ctx, op+": grant lease", err)
 	}
@@ -442,10 +444,11 @@ func (s *Store) RevokeSession(ctx context.Context, jti string, expires time.Time
 	if err != nil {
 		return 0, err
 	}
-	resp, err := s.kv.Put(ctx, sessionKey(jti), encode(sessionValue{ExpiresAt: expires.UTC()}), clientv3.WithLease(lease))
+	// A transaction rather than a put, for the commit stamp.
+	resp, err := s.commit(ctx, "revoke session", nil, []clientv3.Op{clientv3.OpPut(sessionKey(jti), encode(sessionValue{ExpiresAt: expires.UTC()}), clientv3.WithLease(lease))}, nil)
 	if err != nil {
 		s.dropLease(ctx, lease)
-		return 0, s.fail(ctx, "revoke session", err)
+		return 0, err
 	}
 	return resp.Header.Revision, nil
 }

@@ -2,6 +2,7 @@ package etcdstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -51,7 +53,9 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 	// hang silently instead of failing.
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
+	opened := time.Now()
 	wch := s.watcher.Watch(wctx, "", clientv3.WithPrefix(), clientv3.WithRev(start), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
+	created := false
 
 	// A consumer trusts its caches only once it knows the watch is current,
 	// which a progress notification says. etcd sends them on its own only
@@ -122,6 +126,10 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 	)
 	for resp := range wch {
 		heard.Store(time.Now().UnixNano())
+		if !created {
+			created = true
+			s.observe(OpWatchOpen, opened, resp.Err())
+		}
 		if resp.CompactRevision != 0 {
 			return compactedError{rev: resp.CompactRevision}
 		}
@@ -162,6 +170,7 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 			}
 			continue
 		}
+		stamps := commitStamps(resp.Events)
 		for _, ev := range resp.Events {
 			if ev.Kv.ModRevision <= after {
 				continue // the caller saw it; we only started early (see Watch)
@@ -179,6 +188,8 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 				continue
 			}
 			seen[c] = true
+			c.CommittedAt = stamps.at(c.Revision)
+			c.Revocation = revocation(c.Kind, ev.Type == mvccpb.DELETE)
 			fn(c)
 		}
 	}
@@ -191,6 +202,57 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 	// The channel closes without an error response when the client or the
 	// Store is closed.
 	return fmt.Errorf("watch: %w: watch channel closed", authz.ErrUnavailable)
+}
+
+// stamps are the commit times found in one watch response, by revision.
+type stamps []struct {
+	rev int64
+	at  time.Time
+}
+
+// commitStamps finds the keyCommittedAt events of a response. Every write
+// transaction of this package puts that key last, so the time is found
+// only after the transaction's other events: hence this separate pass.
+func commitStamps(evs []*clientv3.Event) stamps {
+	var out stamps
+	for _, ev := range evs {
+		if ev.Type != mvccpb.PUT || string(ev.Kv.Key) != keyCommittedAt {
+			continue
+		}
+		var v committedAtValue
+		if json.Unmarshal(ev.Kv.Value, &v) == nil && !v.At.IsZero() {
+			out = append(out, struct {
+				rev int64
+				at  time.Time
+			}{ev.Kv.ModRevision, v.At})
+		}
+	}
+	return out
+}
+
+// at returns the commit time of revision rev, or zero when it has none
+// (lease expiries, writes by other tools).
+func (st stamps) at(rev int64) time.Time {
+	for _, s := range st {
+		if s.rev == rev {
+			return s.at
+		}
+	}
+	return time.Time{}
+}
+
+// revocation says whether a change of kind takes access away: a deleted
+// grant, token, user or client, or a recorded session revocation. (The
+// deletion of a revoked-session key is its lease expiring, which revokes
+// nothing.)
+func revocation(kind authz.ChangeKind, deleted bool) bool {
+	switch kind {
+	case authz.ChangeGrant, authz.ChangeToken, authz.ChangeUser, authz.ChangeClient:
+		return deleted
+	case authz.ChangeSession:
+		return !deleted
+	}
+	return false
 }
 
 // change maps a key (relative to the prefix) to the Change it reports;

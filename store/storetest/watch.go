@@ -83,6 +83,9 @@ func describe(cs []authz.Change) []string {
 	out := make([]string, len(cs))
 	for i, c := range cs {
 		out[i] = fmt.Sprintf("%s %s @%d", kindName(c.Kind), c.Key, c.Revision)
+		if c.Revocation {
+			out[i] += " revocation"
+		}
 	}
 	return out
 }
@@ -91,6 +94,7 @@ func testWatch(t *testing.T, newStore func(*testing.T) authz.Store) {
 	t.Run("reports every kind of change and resumes", func(t *testing.T) {
 		s, ctx := newStore(t), t.Context()
 		start := must(s.CurrentRevision(ctx))(t)
+		began := time.Now()
 		w := startWatch(t, s, start)
 
 		var want []authz.Change
@@ -105,13 +109,14 @@ func testWatch(t *testing.T, newStore func(*testing.T) authz.Store) {
 			}
 		}
 		grant := func(key string) authz.Change { return authz.Change{Kind: authz.ChangeGrant, Key: key} }
+		revoked := func(c authz.Change) authz.Change { c.Revocation = true; return c }
 		tk := token("users/w", "wt")
 		rev, err := s.AddGrant(ctx, "projects/p", "g1")
 		expect(rev, err, grant("projects/p"))
 		rev, err = s.CreateToken(ctx, tk)
 		expect(rev, err, authz.Change{Kind: authz.ChangeToken, Key: tk.Digest})
 		rev, err = s.RevokeSession(ctx, "jti-w", time.Now().Add(time.Hour))
-		expect(rev, err, authz.Change{Kind: authz.ChangeSession, Key: "jti-w"})
+		expect(rev, err, revoked(authz.Change{Kind: authz.ChangeSession, Key: "jti-w"}))
 		rev, err = s.CreateUser(ctx, user("wu", "wu", "wu@example.com"), []string{"roles/a", "roles/b"})
 		expect(rev, err, authz.Change{Kind: authz.ChangeUser, Key: "wu"}, grant("users/wu"))
 		rev, err = s.CreateClient(ctx, authz.ClientRecord{ID: "wc"})
@@ -119,15 +124,15 @@ func testWatch(t *testing.T, newStore func(*testing.T) authz.Store) {
 		rev, err = s.AddSigningKey(ctx, authz.SigningKey{ID: "wk"})
 		expect(rev, err, authz.Change{Kind: authz.ChangeSigningKey, Key: "wk"})
 		rev, err = s.RemoveGrants(ctx, "projects/p", []string{"g1"})
-		expect(rev, err, grant("projects/p"))
+		expect(rev, err, revoked(grant("projects/p")))
 		rev, err = s.DeleteTokens(ctx, []authz.TokenRecord{tk})
-		expect(rev, err, authz.Change{Kind: authz.ChangeToken, Key: tk.Digest})
+		expect(rev, err, revoked(authz.Change{Kind: authz.ChangeToken, Key: tk.Digest}))
 		_, rev, err = s.UpdateUser(ctx, "wu", func(u *authz.UserRecord) error { u.Email = ""; return nil }, nil)
 		expect(rev, err, authz.Change{Kind: authz.ChangeUser, Key: "wu"})
 		rev, err = s.DeleteClient(ctx, "wc")
-		expect(rev, err, authz.Change{Kind: authz.ChangeClient, Key: "wc"})
+		expect(rev, err, revoked(authz.Change{Kind: authz.ChangeClient, Key: "wc"}))
 		rev, err = s.DeleteUser(ctx, "wu")
-		expect(rev, err, authz.Change{Kind: authz.ChangeUser, Key: "wu"}, grant("users/wu"))
+		expect(rev, err, revoked(authz.Change{Kind: authz.ChangeUser, Key: "wu"}), revoked(grant("users/wu")))
 		rev, err = s.AddSigningKey(ctx, authz.SigningKey{ID: "last"})
 		expect(rev, err, authz.Change{Kind: authz.ChangeSigningKey, Key: "last"})
 		lastRev := rev
@@ -141,8 +146,18 @@ func testWatch(t *testing.T, newStore func(*testing.T) authz.Store) {
 			return cmp.Or(cmp.Compare(a.Revision, b.Revision), cmp.Compare(a.Kind, b.Kind), strings.Compare(a.Key, b.Key))
 		}
 		wantSorted := slices.SortedFunc(slices.Values(want), cmpChange)
+		// CommittedAt is optional (zero: unknown); when given, it is the
+		// time of the write, by this machine's clock.
+		untimed := make([]authz.Change, len(got))
+		for i, c := range got {
+			if !c.CommittedAt.IsZero() && (c.CommittedAt.Before(began.Add(-time.Second)) || c.CommittedAt.After(time.Now().Add(time.Second))) {
+				t.Errorf("change %q: CommittedAt %v outside the test's run (began %v)", describe([]authz.Change{c}), c.CommittedAt, began)
+			}
+			c.CommittedAt = time.Time{}
+			untimed[i] = c
+		}
 		// A backend may repeat a change within a revision; compare sets.
-		gotSorted := slices.Compact(slices.SortedFunc(slices.Values(got), cmpChange))
+		gotSorted := slices.Compact(slices.SortedFunc(slices.Values(untimed), cmpChange))
 		if !slices.Equal(gotSorted, wantSorted) {
 			t.Errorf("Watch reported\n%q\nwant\n%q", describe(gotSorted), describe(wantSorted))
 		}
@@ -174,6 +189,7 @@ func testWatch(t *testing.T, newStore func(*testing.T) authz.Store) {
 		w3 := startWatch(t, s, lastRev)
 		rev = must(s.AddGrant(ctx, "projects/after", "g"))(t)
 		first := w3.collect(t, func(authz.Change) bool { return true })
+		first[0].CommittedAt = time.Time{} // optional, checked above
 		if want := (authz.Change{Kind: authz.ChangeGrant, Key: "projects/after", Revision: rev}); first[0] != want {
 			t.Errorf("Watch from the newest revision first reported %q, want %q", describe(first), describe([]authz.Change{want}))
 		}
@@ -244,6 +260,7 @@ func testWatch(t *testing.T, newStore func(*testing.T) authz.Store) {
 		w := startWatch(t, s, cur)
 		rev := must(s.AddGrant(ctx, "projects/compacted", "g4"))(t)
 		got := w.collect(t, func(authz.Change) bool { return true })
+		got[0].CommittedAt = time.Time{} // optional, checked elsewhere
 		if want := (authz.Change{Kind: authz.ChangeGrant, Key: "projects/compacted", Revision: rev}); got[0] != want {
 			t.Errorf("Watch after compaction reported %q, want %q", describe(got), describe([]authz.Change{want}))
 		}
