@@ -102,10 +102,9 @@ func (s *Service) VerifyAccess(ctx context.Context, token, permission string, op
 	if !opt.NoCache && !opt.Explain {
 		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission &&
 			s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(s.now()) {
-			if e.err != nil {
-				return Access{}, e.err
-			}
-			return e.access, nil
+			// A cached denial returns the caller too, as the slow path
+			// does (the access log and shadow rules need the subject).
+			return e.access, e.err
 		}
 	}
 	return s.verifySlow(ctx, token, d, permission, opt)

@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/proxy/accesslog"
 	"github.com/portcullis/portcullis/proxy/rules"
 	"github.com/portcullis/portcullis/store/etcdtest"
 )
@@ -49,14 +51,26 @@ func BenchmarkForwardAuth(b *testing.B) {
 			h.ServeHTTP(w, req)
 		}
 	}
-	b.Run("traefik-rules", func(b *testing.B) {
+	traefik := func() *http.Request {
 		req := httptest.NewRequest("GET", "/auth/forward", nil)
 		req.Header.Set("X-Forwarded-Method", "GET")
 		req.Header.Set("X-Forwarded-Uri", "/projects/p1/services/s1/x?y=1")
 		req.Header.Set("X-Forwarded-Host", "api.example.com")
 		req.Header.Set("X-Forwarded-Proto", "https")
 		req.Header.Set("Authorization", "Bearer "+tok)
-		run(b, srv, req)
+		return req
+	}
+	b.Run("traefik-rules", func(b *testing.B) { run(b, srv, traefik()) })
+	// The same with the access log on (the default of portcullis serve),
+	// written in the background to io.Discard.
+	b.Run("traefik-rules-access-log", func(b *testing.B) {
+		access := accesslog.New(accesslog.NewWriter(io.Discard, 0, 0), accesslog.JSON)
+		defer access.Close()
+		logged := proxy.New(svc, proxy.Config{Routes: tbl, TrustedProxies: trusted, AccessLog: access})
+		run(b, logged, traefik())
+		if d := access.Dropped(); d > 0 {
+			b.Logf("%d access lines dropped", d)
+		}
 	})
 	b.Run("permission-parameter", func(b *testing.B) {
 		req := httptest.NewRequest("GET", "/auth/forward?permission="+url.QueryEscape("projects/p1#read"), nil)

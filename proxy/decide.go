@@ -44,6 +44,8 @@ type Attempt struct {
 	Permission string
 	// Assertion asks for a signed identity assertion on allow.
 	Assertion bool
+	// RequestID is the id a proxy in front gave the request (access log).
+	RequestID string
 }
 
 // Identity is what an allowed request's upstream learns about the caller.
@@ -108,6 +110,10 @@ type Verdict struct {
 	LoginURL string
 	// invalidToken: a credential was presented but not accepted.
 	invalidToken bool
+	// subject is the verified caller, also on denials (access log).
+	subject string
+	// normalized: Path holds the normalised target (access log).
+	normalized bool
 }
 
 // Allowed reports an allow.
@@ -142,6 +148,7 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 	if v.Path, err = rules.NormalizePath(rawPath, s.cfg.PathOptions); err != nil {
 		return fail(http.StatusBadRequest, badRequest(err.Error()))
 	}
+	v.normalized = true
 
 	permission, status, err := s.required(a, &v)
 	if err != nil {
@@ -172,6 +179,7 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 		return fail(http.StatusUnauthorized, fmt.Errorf("%w: no credentials", authz.ErrUnauthenticated))
 	}
 	acc, err := s.svc.VerifyAccess(ctx, tok, permission, authz.VerifyOptions{})
+	v.subject = acc.Subject
 	if err != nil && !errors.Is(err, authz.ErrPermissionDenied) {
 		v.invalidToken = errors.Is(err, authz.ErrUnauthenticated)
 		status, _ := s.classify(err)

@@ -77,16 +77,18 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 		ExpectContinueTimeout: time.Second,
 	}
 	return &httputil.ReverseProxy{
-		Rewrite:      s.rewrite,
-		Transport:    transport,
-		BufferPool:   &bufferPool{},
-		ErrorHandler: s.proxyError,
-		ErrorLog:     nil,
+		Rewrite:        s.rewrite,
+		ModifyResponse: recordStatus,
+		Transport:      transport,
+		BufferPool:     &bufferPool{},
+		ErrorHandler:   s.proxyError,
+		ErrorLog:       nil,
 	}
 }
 
 // serveProxy authorizes a request for the upstream and forwards it.
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	a := s.connectionAttempt(r, DialectProxy)
 	a.ClientIP = s.cfg.TrustedProxies.clientIP(r)
 	trusted := s.cfg.TrustedProxies.trusted(r)
@@ -97,12 +99,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := checkUpgrade(r); err != nil {
 		v := Verdict{Status: http.StatusBadRequest, Err: err}
-		s.writeDenial(w, r, &a, &v)
+		s.LogDecision(&a, &v, s.writeDenial(w, r, &a, &v), start)
 		return
 	}
 	v := s.Decide(r.Context(), a)
 	if !v.Allowed() {
-		s.writeDenial(w, r, &a, &v)
+		s.LogDecision(&a, &v, s.writeDenial(w, r, &a, &v), start)
 		return
 	}
 	if v.Upstream == nil {
@@ -110,19 +112,33 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	if lim := s.cfg.Proxy.MaxBodyBytes; lim > 0 && r.Body != nil {
 		if r.ContentLength > lim {
-			v := Verdict{Status: http.StatusRequestEntityTooLarge, Err: &problemError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}}
-			s.writeDenial(w, r, &a, &v)
+			tooLarge := v
+			tooLarge.Status, tooLarge.Err = http.StatusRequestEntityTooLarge, &problemError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}
+			s.LogDecision(&a, &tooLarge, s.writeDenial(w, r, &a, &tooLarge), start)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, lim)
 	}
-	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, &proxied{v: v, a: a, trusted: trusted})))
+	px := &proxied{v: v, a: a, trusted: trusted}
+	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, px)))
+	s.LogDecision(&a, &v, px.status, start)
 }
 
 type proxied struct {
 	v       Verdict
 	a       Attempt
 	trusted bool
+	// status is what the client was answered: the upstream's status, or
+	// proxyError's.
+	status int
+}
+
+// recordStatus remembers the upstream's status for the access log.
+func recordStatus(resp *http.Response) error {
+	if px, ok := resp.Request.Context().Value(verdictKey{}).(*proxied); ok {
+		px.status = resp.StatusCode
+	}
+	return nil
 }
 
 // checkUpgrade lets WebSocket upgrades through (they are authorized like
@@ -239,12 +255,19 @@ func stripQueryToken(raw string) string {
 // proxyError answers upstream failures: 504 on timeouts, 502 otherwise.
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := http.StatusBadGateway, "upstream unavailable"
+	px, _ := r.Context().Value(verdictKey{}).(*proxied)
+	defer func() {
+		if px != nil {
+			px.status = status
+		}
+	}()
 	var ne net.Error
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client went away; nobody is listening.
-		w.WriteHeader(499)
+		status = 499
+		w.WriteHeader(status)
 		return
 	case errors.As(err, &mbe):
 		status, msg = http.StatusRequestEntityTooLarge, "request body too large"

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/proxy/accesslog"
 	"github.com/portcullis/portcullis/proxy/rules"
 )
 
@@ -83,6 +84,10 @@ type Config struct {
 	LoginFailureRateLimit RateLimit
 	// Registerer receives the server's metrics; nil: not registered.
 	Registerer prometheus.Registerer
+	// AccessLog receives one line per request; nil: no access log.
+	AccessLog *accesslog.Logger
+	// AuditLog receives one record per administrative change; nil: none.
+	AuditLog *slog.Logger
 }
 
 // AssertionConfig configures the X-Auth-Assertion JWT.
@@ -108,6 +113,8 @@ type Server struct {
 	loginLimiter *limiter
 	metrics      *metrics
 	reverse      *httputil.ReverseProxy
+	access       *accesslog.Logger
+	audit        *slog.Logger
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -138,7 +145,7 @@ func New(svc *authz.Service, cfg Config) *Server {
 	// The client address: the connection's, or from forwarded headers
 	// when the peer is a configured trusted proxy.
 	e.IPExtractor = cfg.TrustedProxies.IPExtractor()
-	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e, shadows: cfg.ShadowRoutes}
+	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e, shadows: cfg.ShadowRoutes, access: cfg.AccessLog, audit: cfg.AuditLog}
 	if cfg.SubjectRateLimit.Rate > 0 || cfg.ClientRateLimit.Rate > 0 {
 		s.limits = &limits{subject: newLimiter(cfg.SubjectRateLimit, time.Now), client: newLimiter(cfg.ClientRateLimit, time.Now)}
 	}
@@ -152,7 +159,11 @@ func New(svc *authz.Service, cfg Config) *Server {
 		s.reverse = s.newReverseProxy()
 	}
 	e.HTTPErrorHandler = s.handleError
-	e.Use(withScope, s.limitBody, s.refuseCrossSite)
+	e.Use(withScope)
+	if s.access != nil {
+		e.Use(s.logAPI)
+	}
+	e.Use(s.limitBody, s.refuseCrossSite)
 	s.routes()
 	return s
 }

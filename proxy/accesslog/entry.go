@@ -40,7 +40,12 @@ func DecisionOf(status int) string {
 // Entry is one request. It must not hold secrets: Path is the path only,
 // never the query string (which may carry a token).
 type Entry struct {
-	Time     time.Time
+	Time time.Time
+	// Decision is Allow, Deny, Unauthenticated or Error; empty: derived
+	// from Status with DecisionOf. It is the authorization decision, so a
+	// proxied request that was allowed stays "allow" whatever the
+	// upstream answered.
+	Decision string
 	Dialect  string
 	Rule     string
 	Subject  string
@@ -53,6 +58,13 @@ type Entry struct {
 	Status    int
 	Latency   time.Duration
 	RequestID string
+}
+
+func (e *Entry) decision() string {
+	if e.Decision != "" {
+		return e.Decision
+	}
+	return DecisionOf(e.Status)
 }
 
 // Format is the encoding of lines.
@@ -110,7 +122,7 @@ func (e *Entry) AppendJSON(b []byte) []byte {
 	b = append(b, `{"time":"`...)
 	b = e.Time.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","level":"INFO","msg":"access","log":"access","decision":"`...)
-	b = append(b, DecisionOf(e.Status)...)
+	b = append(b, e.decision()...)
 	b = append(b, `","dialect":`...)
 	b = appendJSONString(b, e.Dialect)
 	if e.Rule != "" {
@@ -150,7 +162,7 @@ func (e *Entry) AppendText(b []byte) []byte {
 	b = append(b, "time="...)
 	b = e.Time.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, " level=INFO msg=access log=access decision="...)
-	b = append(b, DecisionOf(e.Status)...)
+	b = append(b, e.decision()...)
 	b = appendTextField(b, "dialect", e.Dialect)
 	if e.Rule != "" {
 		b = appendTextField(b, "rule", e.Rule)
