@@ -122,10 +122,12 @@ func (v *Verdict) Allowed() bool { return v.Status == http.StatusOK }
 // Decide runs one request through the route rules and verify_access. It
 // is the single decision engine behind every dialect.
 func (s *Server) Decide(ctx context.Context, a Attempt) Verdict {
+	ctx, span := s.startDecision(ctx, &a)
 	v := s.decide(ctx, &a)
 	if v.Status == http.StatusUnauthorized {
 		v.LoginURL = s.loginURL(&a)
 	}
+	endDecision(span, &v)
 	return v
 }
 

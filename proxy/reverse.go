@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ProxyConfig tunes the authorizing reverse proxy.
@@ -76,10 +78,14 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+	var rt http.RoundTripper = transport
+	if s.tracer != nil {
+		rt = &tracingTransport{next: transport, tracer: s.tracer}
+	}
 	return &httputil.ReverseProxy{
 		Rewrite:        s.rewrite,
 		ModifyResponse: recordStatus,
-		Transport:      transport,
+		Transport:      rt,
 		BufferPool:     &bufferPool{},
 		ErrorHandler:   s.proxyError,
 		ErrorLog:       nil,
@@ -89,6 +95,13 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 // serveProxy authorizes a request for the upstream and forwards it.
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	if s.tracer != nil {
+		var span trace.Span
+		r, span = s.startProxySpan(r)
+		sw := &statusWriter{ResponseWriter: w}
+		w = sw
+		defer func() { endHTTPSpan(span, sw.status) }()
+	}
 	a := s.connectionAttempt(r, DialectProxy)
 	a.ClientIP = s.cfg.TrustedProxies.clientIP(r)
 	trusted := s.cfg.TrustedProxies.trusted(r)
@@ -140,6 +153,30 @@ func recordStatus(resp *http.Response) error {
 	}
 	return nil
 }
+
+// statusWriter remembers the status written, for the proxy's span. It
+// is only used when tracing is on; Unwrap keeps Flush and Hijack
+// (WebSockets) working through http.ResponseController.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *statusWriter) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // checkUpgrade lets WebSocket upgrades through (they are authorized like
 // any request, before the 101) and refuses every other upgrade, h2c

@@ -31,7 +31,7 @@ type Writer struct {
 
 // Defaults of NewWriter.
 const (
-	DefaultBufferBytes   = 256 << 10
+	DefaultBufferBytes   = 1 << 20
 	DefaultFlushInterval = 100 * time.Millisecond
 )
 
