@@ -284,3 +284,30 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 		t.Errorf("audit file mode %v (%v), want 0600", info.Mode(), err)
 	}
 }
+
+// TestDefaultAuditToStderrAndAccessLogOff: audit records go to the log
+// output as JSON lines marked "log":"audit" by default, and
+// --access-log=false writes no access lines.
+func TestDefaultAuditToStderrAndAccessLogOff(t *testing.T) {
+	api, _, logs, stop := startServe(t, "--data-dir", t.TempDir(), "--admin-password", "adminpassword", "--access-log=false")
+	c := &client{t: t, base: "http://" + api, http: http.DefaultClient}
+	var admin tokenResponse
+	decode(t, c.expect(200, "login", c.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=password&username=admin&password=adminpassword"), formType)), &admin)
+	r := c.do("POST", "/auth/permissions?resource_name=roles/dev&permission=projects/p%23read", nil, "Authorization: Bearer "+admin.AccessToken)
+	c.expect(204, "grant", r)
+	stop()
+	var grant map[string]any
+	for _, ln := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(ln, `"op":"grant.add"`) && strings.Contains(ln, "roles/dev") {
+			if err := json.Unmarshal([]byte(ln), &grant); err != nil {
+				t.Fatalf("audit line %q: %v", ln, err)
+			}
+		}
+	}
+	if grant == nil || grant["log"] != "audit" || grant["permission"] != "projects/p#read" || fmt.Sprint(grant["revision"]) != r.resp.Header.Get("X-Portcullis-Revision") {
+		t.Fatalf("audit record %v (revision header %s); output:\n%s", grant, r.resp.Header.Get("X-Portcullis-Revision"), logs)
+	}
+	if strings.Contains(logs.String(), "log=access") || strings.Contains(logs.String(), `"log":"access"`) {
+		t.Fatalf("access lines with --access-log=false:\n%s", logs)
+	}
+}
