@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/labstack/echo/v4"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/authz/authztest"
@@ -71,6 +72,14 @@ func BenchmarkForwardAuth(b *testing.B) {
 		if d := access.Dropped(); d > 0 {
 			b.Logf("%d access lines dropped", d)
 		}
+	})
+	// With tracing on, every request sampled (spans go nowhere): the
+	// price of tracing; with it off (above) the hot path pays a nil check.
+	b.Run("traefik-rules-tracing-sampled", func(b *testing.B) {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		defer tp.Shutdown(bg)
+		traced := proxy.New(svc, proxy.Config{Routes: tbl, TrustedProxies: trusted, Tracer: tp.Tracer("bench")})
+		run(b, traced, traefik())
 	})
 	b.Run("permission-parameter", func(b *testing.B) {
 		req := httptest.NewRequest("GET", "/auth/forward?permission="+url.QueryEscape("projects/p1#read"), nil)
