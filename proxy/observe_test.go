@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/proxy"
 	"github.com/portcullis/portcullis/proxy/accesslog"
@@ -221,4 +224,41 @@ func mustURL(t *testing.T, raw string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+// TestTraceparentPassesThroughWhenTracingIsOff: without a tracer the
+// proxy neither adds nor changes trace context; with one, the upstream
+// sees the same trace under the proxy's upstream span.
+func TestTraceparentPassesThroughWhenTracingIsOff(t *testing.T) {
+	sc := newSidecar(t)
+	got := make(chan string, 2)
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { got <- r.Header.Get("Traceparent") }))
+	t.Cleanup(upstream.Close)
+	const incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+	off := sc.server(proxy.Config{Upstream: mustURL(t, upstream.URL)})
+	if resp := send(t, "GET", off+"/projects/p1/x", "Authorization: Bearer "+sc.token, "Traceparent: "+incoming); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if tp := <-got; tp != incoming {
+		t.Fatalf("tracing off: upstream got traceparent %q, want %q untouched", tp, incoming)
+	}
+
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(bg) })
+	on := sc.server(proxy.Config{Upstream: mustURL(t, upstream.URL), Tracer: tp.Tracer("test")})
+	if resp := send(t, "GET", on+"/projects/p1/x", "Authorization: Bearer "+sc.token, "Traceparent: "+incoming); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	sent := <-got
+	var upstreamSpan string
+	for _, s := range rec.Ended() {
+		if s.Name() == "portcullis.upstream" {
+			upstreamSpan = s.SpanContext().SpanID().String()
+		}
+	}
+	if want := "00-4bf92f3577b34da6a3ce929d0e0e4736-" + upstreamSpan + "-01"; upstreamSpan == "" || sent != want {
+		t.Fatalf("tracing on: upstream got %q, want %q", sent, want)
+	}
 }
