@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/json"
 	"log/slog"
 	"slices"
@@ -43,7 +44,7 @@ func AuditRecord(log *slog.Logger, requestID, actor, op string, rev authz.Revisi
 	}
 	// Synchronous on purpose: administrative changes are rare, and their
 	// record must not be dropped the way a busy access log may drop lines.
-	log.LogAttrs(nil, slog.LevelInfo, "audit", all...) //nolint:staticcheck // no request-scoped handler values
+	log.LogAttrs(context.Background(), slog.LevelInfo, "audit", all...)
 }
 
 // auditChange records a change made through the API. A zero revision

@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -243,7 +244,7 @@ func BenchmarkEncode(b *testing.B) {
 		log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 		b.ReportAllocs()
 		for b.Loop() {
-			log.LogAttrs(nil, slog.LevelInfo, "access", //nolint:staticcheck // nil context is what LogAttrs allows
+			log.LogAttrs(context.Background(), slog.LevelInfo, "access",
 				slog.String("log", "access"), slog.String("decision", DecisionOf(e.Status)), slog.String("dialect", e.Dialect),
 				slog.String("rule", e.Rule), slog.String("subject", e.Subject), slog.String("method", e.Method),
 				slog.String("host", e.Host), slog.String("path", e.Path.String()), slog.Int("status", e.Status),
