@@ -80,6 +80,8 @@ type tracingTransport struct {
 	tracer trace.Tracer
 }
 
+var _ http.RoundTripper = (*tracingTransport)(nil)
+
 func (t *tracingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx, span := t.tracer.Start(req.Context(), spanUpstream, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("http.request.method", req.Method), attribute.String("server.address", req.URL.Host)))

@@ -89,6 +89,8 @@ type DecisionLogger interface {
 	LogDecision(a *proxy.Attempt, v *proxy.Verdict, status int, start time.Time)
 }
 
+var _ DecisionLogger = (*proxy.Server)(nil)
+
 func (s *Authorization) logDecision(a *proxy.Attempt, v *proxy.Verdict, status int, start time.Time) {
 	if l, ok := s.d.(DecisionLogger); ok {
 		l.LogDecision(a, v, status, start)
