@@ -95,12 +95,9 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 // serveProxy authorizes a request for the upstream and forwards it.
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	var span trace.Span // nil unless tracing is on
 	if s.tracer != nil {
-		var span trace.Span
 		r, span = s.startProxySpan(r)
-		sw := &statusWriter{ResponseWriter: w}
-		w = sw
-		defer func() { endHTTPSpan(span, sw.status) }()
 	}
 	a := s.connectionAttempt(r, DialectProxy)
 	a.ClientIP = s.cfg.TrustedProxies.clientIP(r)
@@ -112,12 +109,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := checkUpgrade(r); err != nil {
 		v := Verdict{Status: http.StatusBadRequest, Err: err}
-		s.LogDecision(&a, &v, s.writeDenial(w, r, &a, &v), start)
+		s.proxyDone(span, &a, &v, s.writeDenial(w, r, &a, &v), start)
 		return
 	}
 	v := s.Decide(r.Context(), a)
 	if !v.Allowed() {
-		s.LogDecision(&a, &v, s.writeDenial(w, r, &a, &v), start)
+		s.proxyDone(span, &a, &v, s.writeDenial(w, r, &a, &v), start)
 		return
 	}
 	if v.Upstream == nil {
@@ -127,14 +124,23 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > lim {
 			tooLarge := v
 			tooLarge.Status, tooLarge.Err = http.StatusRequestEntityTooLarge, &problemError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}
-			s.LogDecision(&a, &tooLarge, s.writeDenial(w, r, &a, &tooLarge), start)
+			s.proxyDone(span, &a, &tooLarge, s.writeDenial(w, r, &a, &tooLarge), start)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, lim)
 	}
 	px := &proxied{v: v, a: a, trusted: trusted}
 	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, px)))
-	s.LogDecision(&a, &v, px.status, start)
+	s.proxyDone(span, &a, &v, px.status, start)
+}
+
+// proxyDone ends a proxied request: its access line and, with tracing,
+// its span.
+func (s *Server) proxyDone(span trace.Span, a *Attempt, v *Verdict, status int, start time.Time) {
+	s.LogDecision(a, v, status, start)
+	if span != nil {
+		endHTTPSpan(span, status)
+	}
 }
 
 type proxied struct {
@@ -153,30 +159,6 @@ func recordStatus(resp *http.Response) error {
 	}
 	return nil
 }
-
-// statusWriter remembers the status written, for the proxy's span. It
-// is only used when tracing is on; Unwrap keeps Flush and Hijack
-// (WebSockets) working through http.ResponseController.
-type statusWriter struct {
-	http.ResponseWriter
-	status int
-}
-
-func (w *statusWriter) WriteHeader(status int) {
-	if w.status == 0 {
-		w.status = status
-	}
-	w.ResponseWriter.WriteHeader(status)
-}
-
-func (w *statusWriter) Write(p []byte) (int, error) {
-	if w.status == 0 {
-		w.status = http.StatusOK
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // checkUpgrade lets WebSocket upgrades through (they are authorized like
 // any request, before the 101) and refuses every other upgrade, h2c
