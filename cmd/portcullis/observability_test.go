@@ -138,7 +138,7 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 	s := &secrets{t: t}
 	adminPassword := randomSecret("adm-")
 	s.add(adminPassword)
-	api, _, logs, stop := startServe(t, "--data-dir", filepath.Join(dir, "data"), "--admin-password", adminPassword, "--config", cfg,
+	api, metrics, logs, stop := startServe(t, "--data-dir", filepath.Join(dir, "data"), "--admin-password", adminPassword, "--config", cfg,
 		"--log-format", "json", "--log-level", "debug", "--audit-log", auditFile)
 	c := &client{t: t, base: "http://" + api + "/.portcullis", http: &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 	app := &client{t: t, base: "http://" + api, http: c.http}
@@ -258,6 +258,10 @@ func TestLogsNeverHoldSecrets(t *testing.T) {
 	c.expect(204, "delete client", c.do("DELETE", "/auth/clients/robot", nil, bearer))
 	c.expect(204, "delete user", c.do("DELETE", "/users/"+alice.ID, nil, bearer))
 
+	m := (&client{t: t, base: "http://" + metrics, http: http.DefaultClient}).do("GET", "/metrics", nil)
+	if !bytes.Contains(m.body, []byte("\nportcullis_access_log_dropped_lines_total ")) {
+		t.Errorf("no dropped-lines counter on /metrics")
+	}
 	stop() // flushes the access log and closes the audit file
 	out := logs.String()
 	audit, err := os.ReadFile(auditFile)
