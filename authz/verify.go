@@ -126,12 +126,11 @@ func (s *Service) verifyAccess(ctx context.Context, token, permission string, op
 	if !opt.NoCache && !opt.Explain {
 		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission {
 			if s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(now) {
-				if e.err != nil {
-					return Access{Cache: CacheHit}, e.err
-				}
+				// A cached denial returns the caller too, as the slow path
+				// does (the access log and shadow rules need the subject).
 				acc := e.access
 				acc.Cache = CacheHit
-				return acc, nil
+				return acc, e.err
 			}
 			result = CacheStale
 		}

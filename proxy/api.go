@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -85,10 +86,11 @@ func (s *Server) createToken(c echo.Context) error {
 			*dst = v
 		}
 	}
-	tok, _, rev, err := s.svc.CreateToken(c.Request().Context(), acc, spec)
+	tok, info, rev, err := s.svc.CreateToken(c.Request().Context(), acc, spec)
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, acc.Subject, AuditTokenCreate, rev, tokenAttrs(info)...)
 	setRevision(c, rev)
 	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.JSON(http.StatusOK, tok)
@@ -103,6 +105,7 @@ func (s *Server) deleteToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, acc.Subject, AuditTokenRevoke, rev, slog.String("token_id", c.Param("id")))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
 }
@@ -235,6 +238,7 @@ func (s *Server) addPermission(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditGrantAdd, rev, slog.String("resource", res), slog.String("permission", perm))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
 }
@@ -252,6 +256,7 @@ func (s *Server) removePermission(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditGrantRemove, rev, slog.String("resource", res), slog.String("permission", perm), slog.Bool("remove_sub_permissions", sub))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
 }
@@ -327,6 +332,7 @@ func (s *Server) createUser(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditUserCreate, rev, slog.String("user_id", u.ID), slog.String("username", u.Username), slog.Bool("technical_user", technical))
 	setRevision(c, rev)
 	return c.JSON(http.StatusOK, u)
 }
@@ -391,6 +397,7 @@ func (s *Server) updateUser(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditUserUpdate, rev, slog.String("user_id", u.ID), slog.Any("fields", patchFields(body)))
 	setRevision(c, rev)
 	return c.JSON(http.StatusOK, u)
 }
@@ -408,6 +415,7 @@ func (s *Server) deleteUser(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditUserDelete, rev, slog.String("user_id", id))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
 }
@@ -437,6 +445,7 @@ func (s *Server) changePassword(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditUserPassword, rev, slog.String("user_id", id))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
 }
@@ -464,13 +473,14 @@ func (s *Server) userToken(c echo.Context) error {
 	if _, err := s.svc.User(c.Request().Context(), id); err != nil {
 		return err
 	}
-	tok, _, rev, err := s.svc.IssueToken(c.Request().Context(), authz.TokenSpec{
+	tok, info, rev, err := s.svc.IssueToken(c.Request().Context(), authz.TokenSpec{
 		Subject: "users/" + id, Scopes: []string{perm}, Type: authz.TokenTypeAPI, Purpose: authz.PurposeUserAPI,
 		Description: "user token (" + lvl.String() + ") created " + time.Now().UTC().Format(time.RFC3339),
 	})
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, actorOf(c), AuditTokenCreate, rev, tokenAttrs(info)...)
 	setRevision(c, rev)
 	c.Response().Header().Set("Cache-Control", "no-store")
 	return c.JSON(http.StatusOK, tok)

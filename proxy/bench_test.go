@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -8,11 +9,13 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/metrics"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/proxy/accesslog"
 	"github.com/portcullis/portcullis/proxy/rules"
 	"github.com/portcullis/portcullis/store/etcdtest"
 )
@@ -57,14 +60,34 @@ func BenchmarkForwardAuth(b *testing.B) {
 			h.ServeHTTP(w, req)
 		}
 	}
-	b.Run("traefik-rules", func(b *testing.B) {
+	traefik := func() *http.Request {
 		req := httptest.NewRequest("GET", "/auth/forward", nil)
 		req.Header.Set("X-Forwarded-Method", "GET")
 		req.Header.Set("X-Forwarded-Uri", "/projects/p1/services/s1/x?y=1")
 		req.Header.Set("X-Forwarded-Host", "api.example.com")
 		req.Header.Set("X-Forwarded-Proto", "https")
 		req.Header.Set("Authorization", "Bearer "+tok)
-		run(b, srv, req)
+		return req
+	}
+	b.Run("traefik-rules", func(b *testing.B) { run(b, srv, traefik()) })
+	// The same with the access log on (the default of portcullis serve),
+	// written in the background to io.Discard.
+	b.Run("traefik-rules-access-log", func(b *testing.B) {
+		access := accesslog.New(accesslog.NewWriter(io.Discard, 0, 0), accesslog.JSON)
+		defer access.Close()
+		logged := proxy.New(svc, proxy.Config{Routes: tbl, TrustedProxies: trusted, AccessLog: access})
+		run(b, logged, traefik())
+		if d := access.Dropped(); d > 0 {
+			b.Logf("%d access lines dropped", d)
+		}
+	})
+	// With tracing on, every request sampled (spans go nowhere): the
+	// price of tracing; with it off (above) the hot path pays a nil check.
+	b.Run("traefik-rules-tracing-sampled", func(b *testing.B) {
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.AlwaysSample()))
+		defer tp.Shutdown(bg)
+		traced := proxy.New(svc, proxy.Config{Routes: tbl, TrustedProxies: trusted, Tracer: tp.Tracer("bench")})
+		run(b, traced, traefik())
 	})
 	b.Run("permission-parameter", func(b *testing.B) {
 		req := httptest.NewRequest("GET", "/auth/forward?permission="+url.QueryEscape("projects/p1#read"), nil)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"log/slog"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -19,7 +20,8 @@ type registeredClient struct {
 }
 
 func (s *Server) createClient(c echo.Context) error {
-	if _, err := s.require(c, clientsPermission); err != nil {
+	acc, err := s.require(c, clientsPermission)
+	if err != nil {
 		return err
 	}
 	body, err := readBody(c)
@@ -34,6 +36,8 @@ func (s *Server) createClient(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, acc.Subject, AuditClientCreate, rev, slog.String("client_id", cl.ID), slog.String("subject", cl.Subject),
+		slog.Any("grant_types", cl.GrantTypes), slog.Bool("public", cl.Public))
 	setRevision(c, rev)
 	c.Response().Header().Set("Cache-Control", "no-store")
 	c.Response().Header().Set("Pragma", "no-cache")
@@ -63,13 +67,15 @@ func (s *Server) getClient(c echo.Context) error {
 }
 
 func (s *Server) deleteClient(c echo.Context) error {
-	if _, err := s.require(c, clientsPermission); err != nil {
+	acc, err := s.require(c, clientsPermission)
+	if err != nil {
 		return err
 	}
 	rev, err := s.svc.DeleteClient(c.Request().Context(), c.Param("id"))
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, acc.Subject, AuditClientDelete, rev, slog.String("client_id", c.Param("id")))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
 }

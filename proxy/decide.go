@@ -26,6 +26,10 @@ const (
 	DialectEnvoyHTTP Dialect = "envoy-http"
 	DialectEnvoyGRPC Dialect = "envoy-grpc"
 	DialectProxy     Dialect = "proxy"
+	// DialectAPI is Portcullis's own endpoints: the REST verify endpoint
+	// in the decision metrics, every API, OAuth2 and page request in the
+	// access log.
+	DialectAPI Dialect = "api"
 )
 
 // Attempt is one request to decide, as reconstructed by a dialect: only
@@ -46,6 +50,8 @@ type Attempt struct {
 	Permission string
 	// Assertion asks for a signed identity assertion on allow.
 	Assertion bool
+	// RequestID is the id a proxy in front gave the request (access log).
+	RequestID string
 }
 
 // Identity is what an allowed request's upstream learns about the caller.
@@ -126,6 +132,10 @@ type Verdict struct {
 	invalidToken bool
 	// cache says how the decision cache served the verification, for metrics.
 	cache cacheLabel
+	// subject is the verified caller, also on denials (access log).
+	subject string
+	// normalized: Path holds the normalised target (access log).
+	normalized bool
 }
 
 // Allowed reports an allow.
@@ -135,11 +145,13 @@ func (v *Verdict) Allowed() bool { return v.Status == http.StatusOK }
 // is the single decision engine behind every dialect, and counts the
 // decision in portcullis_decisions_total.
 func (s *Server) Decide(ctx context.Context, a Attempt) Verdict {
+	ctx, span := s.startDecision(ctx, &a)
 	v := s.decide(ctx, &a)
 	if v.Status == http.StatusUnauthorized {
 		v.LoginURL = s.loginURL(&a)
 	}
 	s.metrics.decided(a.Dialect, v.Status, v.cache)
+	endDecision(span, &v)
 	return v
 }
 
@@ -162,6 +174,7 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 	if v.Path, err = rules.NormalizePath(rawPath, s.cfg.PathOptions); err != nil {
 		return fail(http.StatusBadRequest, badRequest(err.Error()))
 	}
+	v.normalized = true
 
 	permission, status, err := s.required(a, &v)
 	if err != nil {
@@ -193,6 +206,7 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 	}
 	acc, err := s.svc.VerifyAccess(ctx, tok, permission, authz.VerifyOptions{})
 	v.cache = cacheLabelOf(acc.Cache)
+	v.subject = acc.Subject
 	if err != nil && !errors.Is(err, authz.ErrPermissionDenied) {
 		v.invalidToken = errors.Is(err, authz.ErrUnauthenticated)
 		status, _ := s.classify(err)

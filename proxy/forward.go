@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -35,20 +36,22 @@ func (s *Server) forwardEnvoy(c echo.Context) error {
 // original request is rebuilt from X-Original-* (nginx) or X-Forwarded-*
 // (Traefik) headers, believed only from trusted proxies.
 func (s *Server) serveForward(w http.ResponseWriter, req *http.Request) {
+	start := time.Now()
 	a, err := s.forwardAttempt(req)
 	if err != nil {
 		v := Verdict{Status: http.StatusBadRequest, Err: err}
 		s.metrics.decided(a.Dialect, v.Status, cacheNone)
-		s.writeDenial(w, req, &a, &v)
+		s.LogDecision(&a, &v, s.writeDenial(w, req, &a, &v), start)
 		return
 	}
 	v := s.Decide(req.Context(), a)
-	s.writeVerdict(w, req, &a, &v)
+	s.LogDecision(&a, &v, s.writeVerdict(w, req, &a, &v), start)
 }
 
 // serveEnvoy decides an Envoy HTTP ext_authz request: the original
 // method, the original target after our prefix, the original Host.
 func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target string) {
+	start := time.Now()
 	a := s.connectionAttempt(req, DialectEnvoyHTTP)
 	a.Target = target
 	if a.Target == "" || a.Target[0] == '?' {
@@ -59,7 +62,7 @@ func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target str
 		if err != nil {
 			v := Verdict{Status: http.StatusBadRequest, Err: err}
 			s.metrics.decided(a.Dialect, v.Status, cacheNone)
-			s.writeDenial(w, req, &a, &v)
+			s.LogDecision(&a, &v, s.writeDenial(w, req, &a, &v), start)
 			return
 		}
 		if ok {
@@ -70,7 +73,7 @@ func (s *Server) serveEnvoy(w http.ResponseWriter, req *http.Request, target str
 	// request and any header could have come from the client. Envoy users
 	// map requests with route rules (or gRPC context_extensions).
 	v := s.Decide(req.Context(), a)
-	s.writeVerdict(w, req, &a, &v)
+	s.LogDecision(&a, &v, s.writeVerdict(w, req, &a, &v), start)
 }
 
 // forwardParams reads the forward-auth URL's own parameters (permission,
@@ -110,6 +113,9 @@ func (s *Server) connectionAttempt(req *http.Request, d Dialect) Attempt {
 	}
 	if req.TLS != nil {
 		a.Scheme = "https"
+	}
+	if id := req.Header[requestIDHeader]; len(id) > 0 {
+		a.RequestID = id[0]
 	}
 	// The client address costs a parse and an allocation: only the
 	// per-client rate limit and the reverse proxy need it.
@@ -208,8 +214,8 @@ func (s *Server) forwardAttempt(req *http.Request) (Attempt, error) {
 
 // writeVerdict answers a forward-auth request. Allow is always exactly 200
 // (Envoy treats any other 2xx as a denial); nginx never gets a 3xx (it
-// would turn it into a 500).
-func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) {
+// would turn it into a 500). It returns the status written.
+func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) int {
 	h := w.Header()
 	if v.Allowed() {
 		// Envoy adds the headers it gets and leaves the client's others in
@@ -229,9 +235,9 @@ func (s *Server) writeVerdict(w http.ResponseWriter, req *http.Request, a *Attem
 		}
 		s.upstreamCredentialHeaders(h, a, v)
 		w.WriteHeader(http.StatusOK)
-		return
+		return http.StatusOK
 	}
-	s.writeDenial(w, req, a, v)
+	return s.writeDenial(w, req, a, v)
 }
 
 // upstreamCredentialHeaders tells the proxy how to take our credential off
@@ -257,8 +263,9 @@ func (s *Server) upstreamCredentialHeaders(h http.Header, a *Attempt, v *Verdict
 }
 
 // writeDenial answers a denied request: problem JSON, WWW-Authenticate on
-// 401 (RFC 6750), the login URL for browsers, Retry-After on 429.
-func (s *Server) writeDenial(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) {
+// 401 (RFC 6750), the login URL for browsers, Retry-After on 429. It
+// returns the status written.
+func (s *Server) writeDenial(w http.ResponseWriter, req *http.Request, a *Attempt, v *Verdict) int {
 	h := w.Header()
 	status, p := s.classify(v.Err)
 	if v.Status != 0 {
@@ -277,7 +284,7 @@ func (s *Server) writeDenial(w http.ResponseWriter, req *http.Request, a *Attemp
 			h.Set("Location", v.LoginURL)
 			if s.cfg.LoginRedirect && a.Dialect != DialectNginx && wantsHTML(a.Header) && a.Method == http.MethodGet {
 				w.WriteHeader(http.StatusFound)
-				return
+				return http.StatusFound
 			}
 		}
 	case http.StatusTooManyRequests:
@@ -297,6 +304,7 @@ func (s *Server) writeDenial(w http.ResponseWriter, req *http.Request, a *Attemp
 	if req.Method != http.MethodHead {
 		_ = json.NewEncoder(w).Encode(p)
 	}
+	return status
 }
 
 // wantsHTML reports whether the client is a browser navigating.

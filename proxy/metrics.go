@@ -26,10 +26,6 @@ type metrics struct {
 	throttled [numThrottles]prometheus.Counter
 }
 
-// DialectAPI is the REST verify endpoint (POST /auth/tokens/verify) as a
-// decision metric dialect.
-const DialectAPI Dialect = "api"
-
 // dialects are the decision metric's dialect label values, by index.
 var dialects = [...]Dialect{DialectTraefik, DialectNginx, DialectEnvoyHTTP, DialectEnvoyGRPC, DialectProxy, DialectAPI}
 

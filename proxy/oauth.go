@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -194,6 +195,8 @@ func (s *Server) revoke(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	// Revoked by value: the token has no id to name here.
+	s.auditChange(c, caller.Subject, AuditTokenRevoke, rev, slog.String("via", "oauth-revoke"))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusOK)
 }

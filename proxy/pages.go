@@ -6,6 +6,7 @@ import (
 	"errors"
 	"html/template"
 	"io/fs"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -368,7 +369,7 @@ func (s *Server) createAccountToken(c echo.Context) error {
 	if desc == "" {
 		desc = "created on the account page " + time.Now().UTC().Format("2006-01-02 15:04 MST")
 	}
-	tok, _, rev, err := s.svc.CreateToken(r.Context(), *acc, authz.TokenSpec{
+	tok, info, rev, err := s.svc.CreateToken(r.Context(), *acc, authz.TokenSpec{
 		Scopes: strings.Fields(r.PostFormValue("scope")), Type: authz.TokenTypeAPI,
 		Purpose: authz.PurposeUserAPI, Description: desc,
 	})
@@ -380,6 +381,7 @@ func (s *Server) createAccountToken(c echo.Context) error {
 		}
 		return err
 	}
+	s.auditChange(c, acc.Subject, AuditTokenCreate, rev, append(tokenAttrs(info), slog.String("via", "account-page"))...)
 	setRevision(c, rev)
 	d.NewToken = tok
 	d.Notice = "Token created."
@@ -397,6 +399,7 @@ func (s *Server) revokeAccountToken(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	s.auditChange(c, acc.Subject, AuditTokenRevoke, rev, slog.String("token_id", c.Param("id")), slog.String("via", "account-page"))
 	setRevision(c, rev)
 	return c.Redirect(http.StatusSeeOther, s.path("/auth/account")+"?notice=revoked")
 }

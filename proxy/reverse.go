@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ProxyConfig tunes the authorizing reverse proxy.
@@ -76,9 +78,13 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+	var rt http.RoundTripper = transport
+	if s.tracer != nil {
+		rt = &tracingTransport{next: transport, tracer: s.tracer}
+	}
 	return &httputil.ReverseProxy{
 		Rewrite:        s.rewrite,
-		Transport:      transport,
+		Transport:      rt,
 		BufferPool:     &bufferPool{},
 		ErrorHandler:   s.proxyError,
 		ModifyResponse: s.upstreamResponded,
@@ -88,6 +94,11 @@ func (s *Server) newReverseProxy() *httputil.ReverseProxy {
 
 // serveProxy authorizes a request for the upstream and forwards it.
 func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	var span trace.Span // nil unless tracing is on
+	if s.tracer != nil {
+		r, span = s.startProxySpan(r)
+	}
 	a := s.connectionAttempt(r, DialectProxy)
 	a.ClientIP = s.cfg.TrustedProxies.clientIP(r)
 	trusted := s.cfg.TrustedProxies.trusted(r)
@@ -99,12 +110,12 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	if err := checkUpgrade(r); err != nil {
 		v := Verdict{Status: http.StatusBadRequest, Err: err}
 		s.metrics.decided(a.Dialect, v.Status, cacheNone)
-		s.writeDenial(w, r, &a, &v)
+		s.proxyDone(span, &a, &v, s.writeDenial(w, r, &a, &v), start)
 		return
 	}
 	v := s.Decide(r.Context(), a)
 	if !v.Allowed() {
-		s.writeDenial(w, r, &a, &v)
+		s.proxyDone(span, &a, &v, s.writeDenial(w, r, &a, &v), start)
 		return
 	}
 	if v.Upstream == nil {
@@ -112,13 +123,25 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) {
 	}
 	if lim := s.cfg.Proxy.MaxBodyBytes; lim > 0 && r.Body != nil {
 		if r.ContentLength > lim {
-			v := Verdict{Status: http.StatusRequestEntityTooLarge, Err: &problemError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}}
-			s.writeDenial(w, r, &a, &v)
+			tooLarge := v
+			tooLarge.Status, tooLarge.Err = http.StatusRequestEntityTooLarge, &problemError{status: http.StatusRequestEntityTooLarge, msg: "request body too large"}
+			s.proxyDone(span, &a, &tooLarge, s.writeDenial(w, r, &a, &tooLarge), start)
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, lim)
 	}
-	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, &proxied{v: v, a: a, trusted: trusted})))
+	px := &proxied{v: v, a: a, trusted: trusted}
+	s.reverse.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verdictKey{}, px)))
+	s.proxyDone(span, &a, &v, px.status, start)
+}
+
+// proxyDone ends a proxied request: its access line and, with tracing,
+// its span.
+func (s *Server) proxyDone(span trace.Span, a *Attempt, v *Verdict, status int, start time.Time) {
+	s.LogDecision(a, v, status, start)
+	if span != nil {
+		endHTTPSpan(span, status)
+	}
 }
 
 type proxied struct {
@@ -127,13 +150,19 @@ type proxied struct {
 	trusted bool
 	// sent is when the request left for the upstream (set in rewrite).
 	sent time.Time
+	// status is what the client was answered: the upstream's status, or
+	// proxyError's.
+	status int
 }
 
 // upstreamResponded records the upstream's latency and status class
-// (ReverseProxy.ModifyResponse).
+// (ReverseProxy.ModifyResponse) and the status for the access log.
 func (s *Server) upstreamResponded(resp *http.Response) error {
-	if px, ok := resp.Request.Context().Value(verdictKey{}).(*proxied); ok && !px.sent.IsZero() {
-		s.metrics.upstreamDone(resp.StatusCode, time.Since(px.sent))
+	if px, ok := resp.Request.Context().Value(verdictKey{}).(*proxied); ok {
+		px.status = resp.StatusCode
+		if !px.sent.IsZero() {
+			s.metrics.upstreamDone(resp.StatusCode, time.Since(px.sent))
+		}
 	}
 	return nil
 }
@@ -275,15 +304,22 @@ func stripQueryToken(raw string) string {
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := http.StatusBadGateway, "upstream unavailable"
 	clientGone := errors.Is(err, context.Canceled) && r.Context().Err() != nil
-	if px, ok := r.Context().Value(verdictKey{}).(*proxied); ok && !px.sent.IsZero() && !clientGone {
+	px, _ := r.Context().Value(verdictKey{}).(*proxied)
+	if px != nil && !px.sent.IsZero() && !clientGone {
 		s.metrics.upstreamDone(0, time.Since(px.sent))
 	}
+	defer func() {
+		if px != nil {
+			px.status = status
+		}
+	}()
 	var ne net.Error
 	var mbe *http.MaxBytesError
 	switch {
 	case clientGone:
 		// The client went away; nobody is listening.
-		w.WriteHeader(499)
+		status = 499
+		w.WriteHeader(status)
 		return
 	case errors.As(err, &mbe):
 		status, msg = http.StatusRequestEntityTooLarge, "request body too large"

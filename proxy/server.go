@@ -17,8 +17,10 @@ import (
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/proxy/accesslog"
 	"github.com/portcullis/portcullis/proxy/rules"
 )
 
@@ -83,6 +85,13 @@ type Config struct {
 	LoginFailureRateLimit RateLimit
 	// Registerer receives the server's metrics; nil: not registered.
 	Registerer prometheus.Registerer
+	// AccessLog receives one line per request; nil: no access log.
+	AccessLog *accesslog.Logger
+	// AuditLog receives one record per administrative change; nil: none.
+	AuditLog *slog.Logger
+	// Tracer traces decisions, API requests and upstream calls, and
+	// propagates W3C trace context upstream; nil: no tracing, at no cost.
+	Tracer trace.Tracer
 }
 
 // AssertionConfig configures the X-Auth-Assertion JWT.
@@ -110,6 +119,9 @@ type Server struct {
 	reverse      *httputil.ReverseProxy
 	// canonicalPermissions caches canonical ?permission= values.
 	canonicalPermissions permissionCache
+	access       *accesslog.Logger
+	audit        *slog.Logger
+	tracer       trace.Tracer
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -140,7 +152,7 @@ func New(svc *authz.Service, cfg Config) *Server {
 	// The client address: the connection's, or from forwarded headers
 	// when the peer is a configured trusted proxy.
 	e.IPExtractor = cfg.TrustedProxies.IPExtractor()
-	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e, shadows: cfg.ShadowRoutes}
+	s := &Server{cfg: cfg, svc: svc, log: cfg.Logger, echo: e, shadows: cfg.ShadowRoutes, access: cfg.AccessLog, audit: cfg.AuditLog, tracer: cfg.Tracer}
 	if cfg.SubjectRateLimit.Rate > 0 || cfg.ClientRateLimit.Rate > 0 {
 		s.limits = &limits{subject: newLimiter(cfg.SubjectRateLimit, time.Now), client: newLimiter(cfg.ClientRateLimit, time.Now)}
 	}
@@ -154,7 +166,14 @@ func New(svc *authz.Service, cfg Config) *Server {
 		s.reverse = s.newReverseProxy()
 	}
 	e.HTTPErrorHandler = s.handleError
-	e.Use(withScope, s.limitBody, s.refuseCrossSite)
+	e.Use(withScope)
+	if s.access != nil {
+		e.Use(s.logAPI)
+	}
+	if s.tracer != nil {
+		e.Use(s.traceAPI)
+	}
+	e.Use(s.limitBody, s.refuseCrossSite)
 	s.routes()
 	return s
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/metrics"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/proxy/accesslog"
 	"github.com/portcullis/portcullis/proxy/rules"
 	"github.com/portcullis/portcullis/store/embedetcd"
 	"github.com/portcullis/portcullis/store/etcdstore"
@@ -292,6 +293,16 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 		return nil, "", closeFn, err
 	}
 	metrics.RegisterService(reg, svc)
-	cfg := proxy.Config{Logger: log, Routes: tbl, Registerer: reg, Upstream: upstream}
+	// The access log is on by default in `portcullis serve`: write it,
+	// with its system calls, to /dev/null.
+	devNull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		return nil, "", closeFn, err
+	}
+	access := accesslog.New(accesslog.NewWriter(devNull, 0, 0), accesslog.JSON)
+	closers = append(closers, func() { access.Close(); devNull.Close() })
+	// The same registry wiring as `portcullis serve`, so metrics cost
+	// what they cost in production.
+	cfg := proxy.Config{Logger: log, Routes: tbl, Registerer: reg, Upstream: upstream, AccessLog: access}
 	return proxy.New(svc, cfg), token, closeFn, nil
 }

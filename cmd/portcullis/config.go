@@ -67,6 +67,13 @@ type Config struct {
 	LogFormat string `yaml:"log_format" help:"json or text"`
 	LogLevel  string `yaml:"log_level" help:"debug, info, warn or error"`
 
+	// Observability: access and audit logs, tracing (docs/observability.md).
+	AccessLog          bool    `yaml:"access_log" help:"write one access-log line per request to the log output"`
+	AuditLog           string  `yaml:"audit_log" help:"where audit records of administrative changes go: stderr, stdout or a file path"`
+	TracingEndpoint    string  `yaml:"tracing_endpoint" help:"OTLP/HTTP trace collector, http(s)://host:port[/path] or host:port (empty: tracing off)"`
+	TracingSampleRatio float64 `yaml:"tracing_sample_ratio" help:"share of new traces sampled, 0 to 1 (sampled incoming traces are always followed)"`
+	TracingInsecure    bool    `yaml:"tracing_insecure" help:"plain HTTP to a host:port tracing_endpoint"`
+
 	// The sidecar: route rules, forward-auth and the reverse proxy.
 	Upstream                   string        `yaml:"upstream" help:"reverse-proxy target: authorize and forward every request that is not a Portcullis endpoint"`
 	APIPrefix                  string        `yaml:"api_prefix" help:"serve Portcullis's own endpoints under this path prefix (e.g. /.portcullis)"`
@@ -107,6 +114,9 @@ func defaultConfig() Config {
 		JWTIssuer:          "portcullis",
 		LogFormat:          "json",
 		LogLevel:           "info",
+		AccessLog:          true,
+		AuditLog:           "stderr",
+		TracingSampleRatio: 1,
 		Unmatched:          "deny",
 		AssertionTTL:       time.Minute,
 
@@ -379,6 +389,12 @@ func setValue(v reflect.Value, s string) error {
 			return fmt.Errorf("%q is not an integer", s)
 		}
 		v.SetInt(n)
+	case float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", s)
+		}
+		v.SetFloat(f)
 	case time.Duration:
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -496,6 +512,7 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
 	}
+	errs = append(errs, c.validateObservability()...)
 	return errors.Join(errs...)
 }
 

@@ -185,3 +185,47 @@ func TestConfigFileValuesOfEveryShape(t *testing.T) {
 		t.Fatalf("decoded %+v", cfg)
 	}
 }
+
+func TestObservabilityConfig(t *testing.T) {
+	cfg, err := loadConfig("t", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.AccessLog || cfg.AuditLog != "stderr" || cfg.TracingEndpoint != "" || cfg.TracingSampleRatio != 1 {
+		t.Fatalf("defaults: access_log %v audit_log %q tracing_endpoint %q ratio %v", cfg.AccessLog, cfg.AuditLog, cfg.TracingEndpoint, cfg.TracingSampleRatio)
+	}
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte("tracing_sample_ratio: 0.25\naudit_log: /var/log/audit.jsonl\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = loadConfig("t", []string{"--config", file, "--access-log=false"}, []string{"PORTCULLIS_TRACING_ENDPOINT=collector:4318", "PORTCULLIS_TRACING_INSECURE=true"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AccessLog || cfg.AuditLog != "/var/log/audit.jsonl" || cfg.TracingSampleRatio != 0.25 || cfg.TracingEndpoint != "collector:4318" || !cfg.TracingInsecure {
+		t.Fatalf("got %+v", cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tracing-sample-ratio", "1.5"}, "tracing_sample_ratio"},
+		{[]string{"--tracing-sample-ratio", "half"}, "not a number"},
+		{[]string{"--tracing-endpoint", "ftp://collector:21"}, "tracing_endpoint"},
+		{[]string{"--tracing-endpoint", "collector"}, "tracing_endpoint"},
+		{[]string{"--tracing-endpoint", "http://user:pw@collector:4318"}, "tracing_endpoint"},
+		{[]string{"--audit-log", " "}, "audit_log"},
+	} {
+		cfg, err := loadConfig("t", c.args, nil)
+		if err == nil {
+			err = cfg.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: error %v, want one naming %s", c.args, err, c.want)
+		}
+	}
+}

@@ -44,6 +44,12 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 // API server and the metrics server, in one errgroup.
 func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	log := newLogger(cfg, logOut)
+	obs, err := newObservability(cfg, logOut)
+	if err != nil {
+		return err
+	}
+	// Deferred first, so it runs last: after the servers stopped.
+	defer obs.closeWithin(10*time.Second, log)
 	sec, err := readSecrets(cfg)
 	if err != nil {
 		return configError{err}
@@ -144,7 +150,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	defer st.Close()
 
-	svc, err := authz.New(startCtx, st, authz.Config{
+	svc, err := authz.New(startCtx, obs.tracedStore(st), authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
 		Observer: metrics.NewAuthz(reg),
@@ -156,7 +162,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	metrics.RegisterService(reg, svc)
 	g.Go(func() error { return svc.Run(ctx) })
 
-	if err := bootstrapAdmin(startCtx, svc, st, adminPassword, log); err != nil {
+	if err := bootstrapAdmin(startCtx, svc, st, adminPassword, log, obs.audit); err != nil {
 		return err
 	}
 
@@ -169,6 +175,8 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	obs.register(reg)
+	pcfg.AccessLog, pcfg.AuditLog, pcfg.Tracer = obs.access, obs.audit, obs.tracer()
 	if cfg.Upstream != "" {
 		log.Info("reverse proxy on", "upstream", cfg.Upstream, "api_prefix", cfg.APIPrefix)
 	}
@@ -313,7 +321,7 @@ func etcdTLS(cfg Config) (*tls.Config, error) {
 // bootstrapAdmin creates the user "admin" holding *#admin on an empty
 // store. Without a configured password it generates one and prints it
 // once; an existing admin's password is never reset from configuration.
-func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, password string, log *slog.Logger) error {
+func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, password string, log, audit *slog.Logger) error {
 	users, err := st.Users(ctx)
 	if err != nil {
 		return fmt.Errorf("bootstrap admin: %w", err)
@@ -328,16 +336,19 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 	if generated {
 		password = authzRandomPassword()
 	}
-	u, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: password}, false)
+	u, rev, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: password}, false)
 	if errors.Is(err, authz.ErrConflict) {
 		return nil // another replica bootstrapped first
 	}
 	if err != nil {
 		return fmt.Errorf("bootstrap admin: %w", err)
 	}
-	if _, err := svc.AddPermission(ctx, "users/"+u.ID, "*#admin"); err != nil {
+	proxy.AuditRecord(audit, "", "system", proxy.AuditUserCreate, rev, slog.String("user_id", u.ID), slog.String("username", u.Username))
+	rev, err = svc.AddPermission(ctx, "users/"+u.ID, "*#admin")
+	if err != nil {
 		return fmt.Errorf("bootstrap admin: %w", err)
 	}
+	proxy.AuditRecord(audit, "", "system", proxy.AuditGrantAdd, rev, slog.String("resource", "users/"+u.ID), slog.String("permission", "*#admin"))
 	if generated {
 		// Shown once, on the first start only; it is not stored anywhere in clear.
 		log.Warn("created user admin with a generated password; it is shown only this once", "username", "admin", "password", password)

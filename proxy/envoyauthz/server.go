@@ -71,12 +71,30 @@ func New(d Decider) *Authorization { return &Authorization{d: d} }
 // Check decides one request. A denial is a CheckResponse with a
 // denied_response, never a gRPC error.
 func (s *Authorization) Check(ctx context.Context, req *authv3.CheckRequest) (*authv3.CheckResponse, error) {
+	start := time.Now()
 	a := attempt(req)
 	v := s.d.Decide(ctx, a)
 	if v.Allowed() {
+		s.logDecision(&a, &v, http.StatusOK, start)
 		return allow(&a, &v), nil
 	}
-	return deny(s.d.Denial(ctx, &a, &v), &v), nil
+	d := s.d.Denial(ctx, &a, &v)
+	s.logDecision(&a, &v, d.Status, start)
+	return deny(d, &v), nil
+}
+
+// DecisionLogger is what a Decider implements to write access-log lines
+// (*proxy.Server does); others are not logged.
+type DecisionLogger interface {
+	LogDecision(a *proxy.Attempt, v *proxy.Verdict, status int, start time.Time)
+}
+
+var _ DecisionLogger = (*proxy.Server)(nil)
+
+func (s *Authorization) logDecision(a *proxy.Attempt, v *proxy.Verdict, status int, start time.Time) {
+	if l, ok := s.d.(DecisionLogger); ok {
+		l.LogDecision(a, v, status, start)
+	}
 }
 
 // attempt rebuilds the original request from the attribute context. Envoy
@@ -101,6 +119,7 @@ func attempt(req *authv3.CheckRequest) proxy.Attempt {
 		// Clients never send one; the engine refuses a raw '#'.
 		a.Target += "#" + f
 	}
+	a.RequestID = firstNonEmpty(hr.GetId(), h.Get("X-Request-Id"))
 	a.Scheme = strings.ToLower(firstNonEmpty(hr.GetScheme(), pseudo[":scheme"]))
 	if a.Scheme != "http" && a.Scheme != "https" {
 		a.Scheme = "http"

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/proxy/accesslog"
 	"github.com/portcullis/portcullis/proxy/envoyauthz"
 	"github.com/portcullis/portcullis/proxy/rules"
 	"github.com/portcullis/portcullis/store/etcdtest"
@@ -625,4 +627,58 @@ func (d stubDecider) Decide(context.Context, proxy.Attempt) proxy.Verdict {
 
 func (stubDecider) Denial(context.Context, *proxy.Attempt, *proxy.Verdict) proxy.Denial {
 	return proxy.Denial{Status: 403}
+}
+
+// lockedBuffer collects access-log lines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestCheckWritesAccessLog(t *testing.T) {
+	sc := newSidecar(t)
+	var out lockedBuffer
+	access := accesslog.New(accesslog.NewWriter(&out, 0, time.Hour), accesslog.JSON)
+	conn := sc.client(proxy.Config{AccessLog: access})
+	allowReq := envoyRequest("GET", "api.example.com", "/projects/p1/services/s1/x?ct_token="+sc.token, "authorization: Bearer "+sc.token)
+	allowReq.Attributes.Request.Http.Id = "envoy-req-1"
+	okHeaders(t, check(t, conn, allowReq))
+	denied(t, check(t, conn, envoyRequest("GET", "x.example.com", "/projects/p1/a")), codes.Unauthenticated, 401)
+	if err := access.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), sc.token) {
+		t.Fatalf("token in the access log:\n%s", out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d lines:\n%s", len(lines), out.String())
+	}
+	want := []map[string]any{
+		{"dialect": "envoy-grpc", "decision": "allow", "rule": "services", "subject": "users/" + sc.userID, "path": "/projects/p1/services/s1/x", "status": 200.0, "request_id": "envoy-req-1", "host": "api.example.com"},
+		{"dialect": "envoy-grpc", "decision": "unauthenticated", "rule": "project", "path": "/projects/p1/a", "status": 401.0},
+	}
+	for i, ln := range lines {
+		var got map[string]any
+		if err := json.Unmarshal([]byte(ln), &got); err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range want[i] {
+			if got[k] != v {
+				t.Errorf("line %d: %s = %v, want %v", i, k, got[k], v)
+			}
+		}
+	}
 }

@@ -26,6 +26,9 @@ func FuzzNormalizePath(f *testing.F) {
 			}
 		}
 		out := p.String()
+		if app := string(p.AppendTo([]byte("x"))); app != "x"+out {
+			t.Fatalf("%q: AppendTo %q, String %q", raw, app, out)
+		}
 		q, err := NormalizePath(out, opt)
 		if err != nil || q.String() != out || len(q.Segments) != len(p.Segments) {
 			t.Fatalf("%q normalises to %q, which normalises to %q (%v)", raw, out, q.String(), err)

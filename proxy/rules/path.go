@@ -276,3 +276,23 @@ func HostOnly(h string) string {
 	}
 	return h
 }
+
+// AppendTo appends String's form to b without allocating (the access log
+// writes it once per request).
+func (p Path) AppendTo(b []byte) []byte {
+	const hexDigits = "0123456789ABCDEF"
+	for _, s := range p.Segments {
+		b = append(b, '/')
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; segmentSafe(c) {
+				b = append(b, c)
+			} else {
+				b = append(b, '%', hexDigits[c>>4], hexDigits[c&15])
+			}
+		}
+	}
+	if len(p.Segments) == 0 || p.Trailing {
+		b = append(b, '/')
+	}
+	return b
+}
