@@ -254,6 +254,9 @@ func (c *cli) target() (server string, creds credentials, path string, err error
 	if err != nil {
 		return "", creds, "", err
 	}
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		fmt.Fprintf(c.stderr, "portcullis: warning: %s holds tokens but others may read it (mode %v); run chmod 600 on it\n", path, fi.Mode().Perm())
+	}
 	server = c.server
 	if server == "" {
 		server = c.env["PORTCULLIS_SERVER"]

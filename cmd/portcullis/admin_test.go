@@ -172,6 +172,13 @@ func TestAdminCommandLine(t *testing.T) {
 	if !v.Allowed || v.Explanation == nil || v.Explanation.Grant != "projects/p#read" || v.Explanation.Holder != aliceSubject {
 		t.Fatalf("explained allow: %+v %+v", v, v.Explanation)
 	}
+	// Through a role: the explanation names the role that granted.
+	admin.must(exitOK, "grants", "add", "roles/readers", "projects/q#read")
+	admin.must(exitOK, "grants", "add", aliceSubject, "roles/readers")
+	out := admin.must(exitOK, "verify", "--explain", "--subject-token-file", aliceTokenFile, "projects/q/doc#read")
+	if !strings.Contains(out, "grant:       projects/q#read held by roles/readers via roles/readers") {
+		t.Fatalf("explained allow through a role:\n%s", out)
+	}
 	admin.json(exitDenied, &v, "verify", "--explain", "--subject-token-file", aliceTokenFile, "projects/p#write")
 	if v.Explanation == nil || v.Explanation.Missing != "grant" {
 		t.Fatalf("explained denial (grant): %+v %+v", v, v.Explanation)
