@@ -87,7 +87,7 @@ var adminCommands = []command{
 	{"users create", "users create [--username U] [--email E] [--password-file F | --password-stdin] [--technical] [--disabled]", "create a user", cmdUsersCreate},
 	{"users list", "users list", "list users", cmdUsersList},
 	{"users get", "users get USER|me", "show a user (USER: id, username or email)", cmdUsersGet},
-	{"users update", "users update USER [--username U] [--email E] [--disabled=true|false]", "change a user", cmdUsersUpdate},
+	{"users update", "users update USER [--username U] [--email E] [--disabled | --disabled=false]", "change a user", cmdUsersUpdate},
 	{"users delete", "users delete USER", "delete a user", cmdUsersDelete},
 	{"users passwd", "users passwd USER [--password-file F | --password-stdin]", "set a user's password", cmdUsersPasswd},
 	{"grants add", "grants add SUBJECT PERMISSION...", "grant permissions (or roles) to a subject such as users/ID", cmdGrantsAdd},

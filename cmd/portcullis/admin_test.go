@@ -134,6 +134,7 @@ func TestAdminCommandLine(t *testing.T) {
 	if updated.Email != "alice@example.com" {
 		t.Fatalf("update: %+v", updated)
 	}
+	admin.must(exitConflict, "users", "update", "alice", "--username", "admin")
 	admin.must(exitUsage, "users", "update", "alice", "--disabled=maybe")
 	admin.must(exitUsage, "users", "update", "alice")
 
@@ -249,6 +250,17 @@ func TestAdminCommandLine(t *testing.T) {
 		t.Fatalf("grant still listed: %v", perms)
 	}
 	alice.must(exitDenied, "verify", "--fresh", "projects/p#read")
+
+	// Disabling ends the user's sessions; enabling lets it sign in again.
+	admin.json(exitOK, &updated, "users", "update", "alice", "--disabled")
+	if !updated.Disabled {
+		t.Fatalf("not disabled: %+v", updated)
+	}
+	alice.must(exitAuth, "users", "get", "me")
+	admin.json(exitOK, &updated, "users", "update", "alice", "--disabled=false")
+	if updated.Disabled {
+		t.Fatalf("still disabled: %+v", updated)
+	}
 
 	// A new password: the old one fails, the new one works.
 	admin.must(exitOK, "users", "passwd", "alice", "--password-file", writeFile(t, "alice-password-2"))

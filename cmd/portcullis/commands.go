@@ -143,29 +143,21 @@ func cmdUsersUpdate(ctx context.Context, c *cli, args []string) error {
 	fs := c.flags()
 	fs.String("username", "", "new user name")
 	fs.String("email", "", "new email address")
-	fs.String("disabled", "", "true to disable the user (ends its sessions), false to enable it")
+	fs.Bool("disabled", false, "--disabled to disable the user (ends its sessions), --disabled=false to enable it")
 	pos, err := c.parse(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
 	// A JSON merge patch of exactly the flags given.
 	patch := map[string]any{}
-	var perr error
 	fs.Visit(func(f *flag.Flag) {
 		switch f.Name {
 		case "username", "email":
 			patch[f.Name] = f.Value.String()
 		case "disabled":
-			b, err := strconv.ParseBool(f.Value.String())
-			if err != nil {
-				perr = usageError{"--disabled: want true or false"}
-			}
-			patch["disabled"] = b
+			patch["disabled"] = f.Value.String() == "true"
 		}
 	})
-	if perr != nil {
-		return perr
-	}
 	if len(patch) == 0 {
 		return usageError{"nothing to change: give --username, --email or --disabled"}
 	}
