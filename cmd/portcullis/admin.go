@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -329,8 +328,8 @@ func trimNewline(s string) string {
 }
 
 // password reads a password from --password-file, --password-stdin or,
-// on a terminal, a prompt without echo. required=false returns "" when
-// none is given and stdin is not asked.
+// with prompt, from a terminal without echo (twice with confirm). Without
+// prompt and without a source it returns "": the password is optional.
 func (c *cli) password(file string, fromStdin, prompt, confirm bool) (string, error) {
 	switch {
 	case file != "" && fromStdin:
@@ -441,7 +440,7 @@ func dash(s string) string {
 
 func sorted(in []string) []string {
 	out := slices.Clone(in)
-	sort.Strings(out)
+	slices.Sort(out)
 	return out
 }
 
