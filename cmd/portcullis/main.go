@@ -44,7 +44,10 @@ Usage:
                                rule matches, 4 refused as ambiguous)
   portcullis version           print the version
 
-Run 'portcullis serve -h' for the flags.
+Admin commands (talk to a running server's API; docs/cli.md):
+{{admin}}
+Run 'portcullis serve -h' for the flags, 'portcullis COMMAND -h' for a
+command's flags.
 `
 
 // configError marks errors caused by the configuration (exit code 3).
@@ -55,7 +58,7 @@ func (e configError) Unwrap() error { return e.err }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ []string) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, fullUsage())
 		return exitUsage
 	}
 	var err error
@@ -86,10 +89,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 		fmt.Fprintln(stdout, "portcullis", version)
 		return exitOK
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, fullUsage())
 		return exitOK
 	default:
-		fmt.Fprintf(stderr, "portcullis: unknown command %q\n\n%s", args[0], usage)
+		if isAdminCommand(args[0]) {
+			return runAdmin(ctx, args, stdout, stderr, environ)
+		}
+		fmt.Fprintf(stderr, "portcullis: unknown command %q\n\n%s", args[0], fullUsage())
 		return exitUsage
 	}
 	if err != nil {
