@@ -83,6 +83,12 @@ type Config struct {
 	LoginFailureRateLimit RateLimit
 	// Registerer receives the server's metrics; nil: not registered.
 	Registerer prometheus.Registerer
+	// OIDCProviders are the external OpenID Connect providers the sign-in
+	// page offers (docs/sso.md).
+	OIDCProviders []OIDCProvider
+	// DisablePasswordLogin hides the password form and refuses
+	// POST /auth/login, so that people sign in only through a provider.
+	DisablePasswordLogin bool
 }
 
 // AssertionConfig configures the X-Auth-Assertion JWT.
@@ -108,6 +114,8 @@ type Server struct {
 	loginLimiter *limiter
 	metrics      *metrics
 	reverse      *httputil.ReverseProxy
+	// sso holds the external sign-in providers by id.
+	sso map[string]*ssoProvider
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -148,6 +156,7 @@ func New(svc *authz.Service, cfg Config) *Server {
 	s.loginLimiter = newLimiter(cfg.LoginFailureRateLimit, time.Now)
 	s.cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	s.metrics = newMetrics(cfg.Registerer)
+	s.sso = newSSOProviders(cfg.OIDCProviders)
 	if cfg.Upstream != nil {
 		s.reverse = s.newReverseProxy()
 	}
@@ -280,6 +289,9 @@ func (s *Server) routes() {
 	e.POST("/auth/account/tokens", s.page(s.createAccountToken))
 	e.POST("/auth/account/tokens/:id/revoke", s.page(s.revokeAccountToken))
 	e.GET("/auth/static/:file", s.static)
+	e.GET("/auth/oauth/enabled", s.oauthEnabled)
+	e.GET("/auth/oauth/login/:provider", s.page(s.ssoLogin))
+	e.GET("/auth/oauth/callback", s.page(s.ssoCallback))
 
 	e.GET("/users", s.listUsers)
 	e.POST("/users", s.createUser)
