@@ -276,11 +276,14 @@ func (s *Server) ssoCallback(c echo.Context) error {
 		return ssoError(http.StatusBadGateway, "The identity provider sent no ID token.", nil)
 	}
 	idt, err := op.Verifier(&oidc.Config{ClientID: p.cfg.ClientID}).Verify(ctx, raw)
-	if err != nil {
-		return ssoError(http.StatusUnauthorized, "The identity provider's ID token was rejected.", err)
+	if err == nil && subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(st.Nonce)) != 1 {
+		err = errors.New("nonce mismatch")
 	}
-	if subtle.ConstantTimeCompare([]byte(idt.Nonce), []byte(st.Nonce)) != 1 {
-		return ssoError(http.StatusUnauthorized, "The identity provider's ID token was rejected (nonce mismatch).", nil)
+	if err != nil {
+		// Worth an operator's attention: a forged or misdirected token,
+		// or a provider misconfiguration. The token itself is not logged.
+		s.log.Warn("external sign-in: ID token rejected", "provider", p.cfg.ID, "err", err)
+		return ssoError(http.StatusUnauthorized, "The identity provider's ID token was rejected.", err)
 	}
 	var claims map[string]any
 	if err := idt.Claims(&claims); err != nil {

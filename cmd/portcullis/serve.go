@@ -126,6 +126,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	svc, err := authz.New(ctx, st, authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
+		ExternalUsersMaySetPassword: cfg.OIDCUsersMaySetPassword,
 	})
 	if err != nil {
 		return configError{err}
@@ -148,6 +149,10 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if pcfg.OIDCProviders, err = oidcProviders(cfg, log); err != nil {
+		return err
+	}
+	pcfg.DisablePasswordLogin = cfg.DisablePasswordLogin
 	if cfg.Upstream != "" {
 		log.Info("reverse proxy on", "upstream", cfg.Upstream, "api_prefix", cfg.APIPrefix)
 	}
