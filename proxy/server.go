@@ -115,7 +115,8 @@ type Server struct {
 	metrics      *metrics
 	reverse      *httputil.ReverseProxy
 	// sso holds the external sign-in providers by id.
-	sso map[string]*ssoProvider
+	sso          map[string]*ssoProvider
+	ssoCallbacks *prometheus.CounterVec
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -157,6 +158,7 @@ func New(svc *authz.Service, cfg Config) *Server {
 	s.cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	s.metrics = newMetrics(cfg.Registerer)
 	s.sso = newSSOProviders(cfg.OIDCProviders)
+	s.ssoCallbacks = newSSOMetrics(cfg.Registerer, cfg.OIDCProviders)
 	if cfg.Upstream != nil {
 		s.reverse = s.newReverseProxy()
 	}

@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 	"github.com/labstack/echo/v4"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/oauth2"
 
 	"github.com/portcullis/portcullis/authz"
@@ -225,8 +227,10 @@ func (s *Server) ssoLogin(c echo.Context) error {
 // issuer, audience, expiry) and must carry the nonce. Then the person is
 // mapped to a user by provider and subject and signed in like the
 // password sign-in does.
-func (s *Server) ssoCallback(c echo.Context) error {
+func (s *Server) ssoCallback(c echo.Context) (err error) {
 	r := c.Request()
+	provider := ""
+	defer func() { s.countSSOCallback(provider, err) }()
 	ck, err := c.Cookie(ssoCookie)
 	// Single use, whatever happens next.
 	c.SetCookie(&http.Cookie{Name: ssoCookie, Value: "", Path: s.path(ssoCallbackPath), HttpOnly: true,
@@ -250,6 +254,7 @@ func (s *Server) ssoCallback(c echo.Context) error {
 	if !ok {
 		return ssoError(http.StatusBadRequest, "The sign-in provider is no longer configured.", nil)
 	}
+	provider = p.cfg.ID
 	if e := q.Get("error"); e != "" {
 		return ssoError(http.StatusUnauthorized, "The identity provider did not sign you in ("+truncate(e, 64)+").", nil)
 	}
@@ -291,7 +296,8 @@ func (s *Server) ssoCallback(c echo.Context) error {
 	}
 	ident := authz.ExternalIdentity{Provider: p.cfg.ID, Subject: idt.Subject}
 	ident.Email, _ = claims["email"].(string)
-	ident.EmailVerified, _ = claims["email_verified"].(bool)
+	// Some providers send the boolean as a string.
+	ident.EmailVerified = claims["email_verified"] == true || claims["email_verified"] == "true"
 	ident.PreferredUsername, _ = claims["preferred_username"].(string)
 	groups := claimStrings(claims[p.cfg.GroupsClaim])
 	if len(p.cfg.RequiredGroups) > 0 && !slices.ContainsFunc(p.cfg.RequiredGroups, func(g string) bool { return slices.Contains(groups, g) }) {
@@ -360,6 +366,41 @@ func (s *Server) ssoLogoutTarget(c echo.Context, next string) string {
 	q.Set("post_logout_redirect_uri", next)
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// countSSOCallback counts a callback by provider ("" before the pending
+// sign-in was found) and answer: "ok", or the status of the error page.
+func (s *Server) countSSOCallback(provider string, err error) {
+	if s.ssoCallbacks == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		status, _ := s.classify(err)
+		var pe *pageError
+		if errors.As(err, &pe) {
+			status = pe.status
+		}
+		result = strconv.Itoa(status)
+	}
+	s.ssoCallbacks.WithLabelValues(provider, result).Inc()
+}
+
+// newSSOMetrics registers the external sign-in counter when there is a
+// provider (no provider: no series).
+func newSSOMetrics(reg prometheus.Registerer, providers []OIDCProvider) *prometheus.CounterVec {
+	if len(providers) == 0 {
+		return nil
+	}
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "portcullis",
+		Name:      "sso_callbacks_total",
+		Help:      "External OIDC sign-in callbacks by provider (empty: no pending sign-in found) and result (ok, or the HTTP status of the error page).",
+	}, []string{"provider", "result"})
+	if reg != nil {
+		reg.MustRegister(c)
+	}
+	return c
 }
 
 // claimStrings reads a groups-like claim: a list of strings or one string.

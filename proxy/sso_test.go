@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/zitadel/oidc/v3/example/server/exampleop"
 	"github.com/zitadel/oidc/v3/example/server/storage"
 	"github.com/zitadel/oidc/v3/pkg/oidc"
@@ -467,7 +469,18 @@ func TestSSONoAccountAndRequiredGroup(t *testing.T) {
 
 // Attacks on the callback: each is refused with a page, no session, no user.
 func TestSSOCallbackAttacks(t *testing.T) {
-	e := newSSO(t, proxy.OIDCProvider{OpenRegistration: true}, proxy.Config{})
+	reg := prometheus.NewRegistry()
+	e := newSSO(t, proxy.OIDCProvider{OpenRegistration: true}, proxy.Config{Registerer: reg})
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		got := ssoCallbackCounts(t, reg)
+		want := map[string]float64{"/400": 3, "testop/401": 4, "testop/ok": 1}
+		if !maps.Equal(got, want) {
+			t.Errorf("portcullis_sso_callbacks_total: %v, want %v", got, want)
+		}
+	})
 	refused := func(t *testing.T, c *http.Client, cb string, status int, text string) {
 		t.Helper()
 		before := e.userCount(t)
@@ -550,6 +563,29 @@ func TestSSOCallbackAttacks(t *testing.T) {
 		u.RawQuery = q.Encode()
 		refused(t, c, u.String(), http.StatusUnauthorized, "did not sign you in")
 	})
+}
+
+// ssoCallbackCounts reads portcullis_sso_callbacks_total as "provider/result" → count.
+func ssoCallbackCounts(t *testing.T, reg *prometheus.Registry) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "portcullis_sso_callbacks_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			out[labels["provider"]+"/"+labels["result"]] = m.GetCounter().GetValue()
+		}
+	}
+	return out
 }
 
 func ssoCookieOf(t *testing.T, c *http.Client, base string) *http.Cookie {
