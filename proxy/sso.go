@@ -86,6 +86,9 @@ func (p *ssoProvider) discover(ctx context.Context) (*oidc.Provider, error) {
 	ctx, cancel := context.WithTimeout(ctx, ssoTimeout)
 	defer cancel()
 	op, err := oidc.NewProvider(ctx, p.cfg.Issuer)
+	if err == nil && op.Endpoint().TokenURL == "" {
+		err = errors.New("the discovery document names no token endpoint")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -294,6 +297,13 @@ func (s *Server) ssoCallback(c echo.Context) (err error) {
 	if err := idt.Claims(&claims); err != nil {
 		return ssoError(http.StatusUnauthorized, "The identity provider's ID token was rejected.", err)
 	}
+	if claims, err = p.addUserInfo(ctx, op, tok, idt.Subject, claims); err != nil {
+		var pe *pageError
+		if errors.As(err, &pe) && pe.status == http.StatusUnauthorized {
+			s.log.Warn("external sign-in: userinfo rejected", "provider", p.cfg.ID, "err", err)
+		}
+		return err
+	}
 	ident := authz.ExternalIdentity{Provider: p.cfg.ID, Subject: idt.Subject}
 	ident.Email, _ = claims["email"].(string)
 	// Some providers send the boolean as a string.
@@ -333,6 +343,36 @@ func (s *Server) ssoCallback(c echo.Context) (err error) {
 	return c.Redirect(http.StatusSeeOther, rd)
 }
 
+// addUserInfo completes the ID token's claims from the userinfo endpoint
+// when the ID token lacks the email or the groups claim (providers that
+// keep the ID token small). Claims in the ID token win; the userinfo
+// answer must be about the same subject (OIDC Core §5.3.2).
+func (p *ssoProvider) addUserInfo(ctx context.Context, op *oidc.Provider, tok *oauth2.Token, sub string, claims map[string]any) (map[string]any, error) {
+	_, hasEmail := claims["email"]
+	_, hasGroups := claims[p.cfg.GroupsClaim]
+	needGroups := len(p.cfg.RoleMapping) > 0 || len(p.cfg.RequiredGroups) > 0
+	if (hasEmail && (hasGroups || !needGroups)) || op.UserInfoEndpoint() == "" {
+		return claims, nil
+	}
+	ui, err := op.UserInfo(ctx, oauth2.StaticTokenSource(tok))
+	if err != nil {
+		return nil, ssoError(http.StatusBadGateway, "The identity provider "+p.cfg.Name+" did not tell who you are (userinfo failed); try again later.", err)
+	}
+	if ui.Subject != sub {
+		return nil, ssoError(http.StatusUnauthorized, "The identity provider's answers disagree about who you are.", fmt.Errorf("userinfo sub %q differs from the ID token's", ui.Subject))
+	}
+	var extra map[string]any
+	if err := ui.Claims(&extra); err != nil {
+		return nil, ssoError(http.StatusBadGateway, "The identity provider sent a malformed userinfo answer.", err)
+	}
+	for k, v := range extra {
+		if _, ok := claims[k]; !ok {
+			claims[k] = v
+		}
+	}
+	return claims, nil
+}
+
 // ssoLogoutTarget is where logout sends a browser that an external
 // provider signed in: the provider's end_session_endpoint (RP-initiated
 // logout) coming back to next, or "" to stay local. The provider cookie
@@ -348,7 +388,11 @@ func (s *Server) ssoLogoutTarget(c echo.Context, next string) string {
 	if !ok || p.cfg.DisableLogout {
 		return ""
 	}
-	if _, err := p.discover(c.Request().Context()); err != nil {
+	// Logout must not hang on a provider that is down: a short try, and
+	// a local logout if it fails.
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 3*time.Second)
+	defer cancel()
+	if _, err := p.discover(ctx); err != nil {
 		return ""
 	}
 	p.mu.Lock()

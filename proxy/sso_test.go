@@ -78,6 +78,9 @@ type testOP struct {
 	codeTTL       time.Duration
 	codeIssued    map[string]time.Time
 	wrongAudience bool
+	// smallIDToken keeps email and profile out of the ID token, as some
+	// providers do; they are then only at the userinfo endpoint.
+	smallIDToken  bool
 	tamper        bool
 	tokenRequests int
 }
@@ -112,10 +115,13 @@ func (s *opStorage) GetClientByClientID(ctx context.Context, id string) (op.Clie
 		return nil, err
 	}
 	s.op.mu.Lock()
-	wrongAud := s.op.wrongAudience
+	wrongAud, small := s.op.wrongAudience, s.op.smallIDToken
 	s.op.mu.Unlock()
 	if wrongAud {
 		return anotherApp{claimsInIDToken{c}}, nil
+	}
+	if small {
+		return c, nil
 	}
 	return claimsInIDToken{c}, nil
 }
@@ -424,6 +430,25 @@ func TestSSOProvisioningAndGroupRoles(t *testing.T) {
 	}
 	if code, _ := me(t, c3, e.url); code != 401 {
 		t.Fatalf("dave got a session: %d", code)
+	}
+}
+
+// A provider that puts only the subject (and groups) into the ID token:
+// the email comes from the userinfo endpoint, and with it the right to an
+// account by email domain.
+func TestSSOUserInfoFallback(t *testing.T) {
+	e := newSSO(t, proxy.OIDCProvider{AllowedEmailDomains: []string{"example.com"}, RoleMapping: ssoMapping}, proxy.Config{})
+	e.op.set(func(o *testOP) {
+		o.smallIDToken = true
+		o.groups["sub-alice"] = []string{"admins"}
+	})
+	c := browserless(t)
+	if status, _, body := callback(t, c, e.signInAtOP(t, c, "alice", "")); status != http.StatusSeeOther {
+		t.Fatalf("sign-in: %d %s", status, body)
+	}
+	code, u := me(t, c, e.url)
+	if code != 200 || u.Email != "alice@example.com" || !slices.Contains(e.grantsOf(t, u.ID), "roles/admin") {
+		t.Fatalf("user %d %+v", code, u)
 	}
 }
 
