@@ -117,6 +117,7 @@ type Server struct {
 	// sso holds the external sign-in providers by id.
 	sso          map[string]*ssoProvider
 	ssoCallbacks *prometheus.CounterVec
+	ssoStarts    *limiter
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -159,6 +160,7 @@ func New(svc *authz.Service, cfg Config) *Server {
 	s.metrics = newMetrics(cfg.Registerer)
 	s.sso = newSSOProviders(cfg.OIDCProviders)
 	s.ssoCallbacks = newSSOMetrics(cfg.Registerer, cfg.OIDCProviders)
+	s.ssoStarts = newLimiter(ssoStartLimit, time.Now)
 	if cfg.Upstream != nil {
 		s.reverse = s.newReverseProxy()
 	}

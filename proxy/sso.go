@@ -54,6 +54,10 @@ type OIDCProvider struct {
 	DisableLogout bool
 }
 
+// ssoStartLimit bounds the sign-ins one client address may start on a
+// replica: a burst of 30, then one a second.
+var ssoStartLimit = RateLimit{Rate: 1, Burst: 30}
+
 const (
 	// ssoCookie holds the random id of a pending sign-in; the state, nonce
 	// and PKCE verifier stay server-side under its digest.
@@ -203,6 +207,12 @@ func (s *Server) ssoLogin(c echo.Context) error {
 		return ssoError(http.StatusNotFound, "No such sign-in provider.", nil)
 	}
 	r := c.Request()
+	// Each start stores a pending sign-in in etcd: bound how fast one
+	// address can make Portcullis write.
+	if wait := s.ssoStarts.take(c.RealIP()); wait > 0 {
+		c.Response().Header().Set("Retry-After", retryAfter(wait))
+		return ssoError(http.StatusTooManyRequests, "Too many sign-ins started from your address; try again shortly.", nil)
+	}
 	op, err := p.discover(r.Context())
 	if err != nil {
 		return ssoError(http.StatusBadGateway, "The identity provider "+p.cfg.Name+" cannot be reached; try again later.", err)

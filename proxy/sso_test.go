@@ -653,6 +653,30 @@ func TestSSOProviderDown(t *testing.T) {
 	dead.expect(dead.do("GET", "/auth/oauth/login/nope", nil, nil), 404, "an unknown provider")
 }
 
+// Starting sign-ins writes to etcd, so one address cannot start them
+// without bound.
+func TestSSOStartFlood(t *testing.T) {
+	e := newSSO(t, proxy.OIDCProvider{}, proxy.Config{})
+	c := noFollow(browserless(t))
+	for i := range 40 {
+		resp, err := c.Get(e.url + "/auth/oauth/login/testop")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusTooManyRequests {
+			if i < 30 || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("refused at start %d (Retry-After %q)", i, resp.Header.Get("Retry-After"))
+			}
+			return
+		}
+		if resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("start %d: %d", i, resp.StatusCode)
+		}
+	}
+	t.Fatal("40 starts in a row were all accepted")
+}
+
 // GET /auth/oauth/enabled answers "1" or "0" as contaxy does.
 func TestSSOEnabled(t *testing.T) {
 	on := newSSO(t, proxy.OIDCProvider{}, proxy.Config{})
