@@ -249,11 +249,11 @@ func (s *Service) updateExternalRoles(ctx context.Context, es ExternalStore, lin
 	}
 	var add, remove, managed []string
 	for _, r := range roles {
-		switch {
-		case slices.Contains(link.Roles, r):
-			managed = append(managed, r)
-		case !slices.Contains(held[subject], r):
+		has := slices.Contains(held[subject], r)
+		if !has {
 			add = append(add, r)
+		}
+		if !has || slices.Contains(link.Roles, r) {
 			managed = append(managed, r)
 		}
 	}

@@ -2,6 +2,7 @@ package authz_test
 
 import (
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 
@@ -46,6 +47,48 @@ func TestSignInExternalConcurrentFirstSignIns(t *testing.T) {
 	}
 	if created != 1 {
 		t.Fatalf("%d users created for one identity", created)
+	}
+}
+
+// The mapping is re-evaluated at each sign-in: a mapped role removed by
+// hand comes back while the group still maps to it; a role held by hand
+// before the mapping gave it is never taken away.
+func TestSignInExternalRoles(t *testing.T) {
+	svc := authztest.Start(t, openStore(t, embeddedEndpoints(t), ""), authztest.FastConfig())
+	ctx := t.Context()
+	in := authz.ExternalSignIn{MayCreate: true, Roles: []string{"roles/dev"},
+		Identity: authz.ExternalIdentity{Provider: "corp", Subject: "s-3", PreferredUsername: "cy"}}
+	resp, err := svc.SignInExternal(ctx, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := "users/" + resp.UserID
+	if _, err := svc.RemovePermission(ctx, subject, "roles/dev", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.AddPermission(ctx, subject, "roles/ops"); err != nil {
+		t.Fatal(err)
+	}
+	in.Roles = []string{"roles/dev", "roles/ops"}
+	if _, err := svc.SignInExternal(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	has := func(g string) bool {
+		gs, err := svc.ListPermissions(ctx, subject, false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Contains(gs, g)
+	}
+	if !has("roles/dev") || !has("roles/ops") {
+		t.Fatal("mapped roles not (re-)granted")
+	}
+	in.Roles = nil
+	if _, err := svc.SignInExternal(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if has("roles/dev") || !has("roles/ops") || !has("roles/user") {
+		t.Fatal("after leaving every group: the mapped role stays or a role held by hand went")
 	}
 }
 
