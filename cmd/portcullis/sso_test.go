@@ -1,7 +1,10 @@
 package main
 
 import (
+	"io"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -79,5 +82,55 @@ oidc_providers:
 	cfg.OIDCProviders[0].ClientSecretFile = empty
 	if _, err := oidcProviders(cfg, newLogger(cfg, os.Stderr)); err == nil {
 		t.Fatal("an empty client secret file was accepted")
+	}
+}
+
+// The binary wires oidc_providers and disable_password_login; a missing
+// client secret file is a configuration error (exit code exitConfig).
+func TestServeWithOIDCProvider(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	_ = os.WriteFile(secret, []byte("s3cret"), 0o600)
+	conf := filepath.Join(dir, "portcullis.yaml")
+	write := func(secretFile string) {
+		if err := os.WriteFile(conf, []byte(`
+disable_password_login: true
+oidc_providers:
+  - id: corp
+    issuer: http://127.0.0.1:9/never-contacted-at-start
+    client_id: portcullis
+    client_secret_file: `+secretFile+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(filepath.Join(dir, "missing"))
+	out, err := exec.Command(binPath, "serve", "--config", conf, "--data-dir", filepath.Join(dir, "data"),
+		"--listen", freeAddr(t), "--metrics-listen", freeAddr(t)).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != exitConfig || !strings.Contains(string(out), "client_secret_file") {
+		t.Fatalf("missing secret file: %v\n%s", err, out)
+	}
+
+	write(secret)
+	api, _, logs, _ := startServe(t, "--config", conf, "--data-dir", filepath.Join(dir, "data"), "--admin-password", "adminpassword")
+	resp, err := http.Get("http://" + api + "/auth/oauth/enabled")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "1" {
+		t.Fatalf("/auth/oauth/enabled: %q", body)
+	}
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err = noFollow.Get("http://" + api + "/auth/login-page")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/auth/oauth/login/corp" {
+		t.Fatalf("login page: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if strings.Contains(logs.String(), "s3cret") {
+		t.Fatal("the client secret is in the log")
 	}
 }
