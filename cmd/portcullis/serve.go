@@ -50,6 +50,10 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return configError{err}
 	}
+	providers, err := oidcProviders(cfg, log)
+	if err != nil {
+		return err
+	}
 	var hmacSecret []byte
 	if cfg.JWTSecretFile != "" {
 		s, err := secretFromFile("", cfg.JWTSecretFile)
@@ -149,10 +153,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if pcfg.OIDCProviders, err = oidcProviders(cfg, log); err != nil {
-		return err
-	}
-	pcfg.DisablePasswordLogin = cfg.DisablePasswordLogin
+	pcfg.OIDCProviders, pcfg.DisablePasswordLogin = providers, cfg.DisablePasswordLogin
 	if cfg.Upstream != "" {
 		log.Info("reverse proxy on", "upstream", cfg.Upstream, "api_prefix", cfg.APIPrefix)
 	}
