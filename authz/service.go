@@ -47,6 +47,10 @@ type Config struct {
 	BcryptCost int
 	// MinPasswordLength is the shortest password accepted. Default 8.
 	MinPasswordLength int
+	// ExternalUsersMaySetPassword lets users created by an external sign-in
+	// (who have no password) set one; by default they cannot, so that the
+	// provider stays the only way in.
+	ExternalUsersMaySetPassword bool
 	// MaxConcurrentHashes bounds concurrent bcrypt work so a login flood
 	// cannot starve decisions. Default 2.
 	MaxConcurrentHashes int

@@ -26,6 +26,9 @@ type UserRecord struct {
 	// Raising it (password change, disable) invalidates every session issued
 	// before: verification compares the token's epoch with this one.
 	SessionEpoch uint64 `json:"session_epoch"`
+	// ExternalIDs are the keys ("<provider>|<subject>") of the external
+	// identities linked to the user; deleting the user deletes their links.
+	ExternalIDs []string `json:"external_ids,omitempty"`
 }
 
 // LoginIDs returns the user's login ids in the form the store indexes them

@@ -453,6 +453,9 @@ func (s *Service) ChangePassword(ctx context.Context, id, password string) (Revi
 	}
 	var dropped []string
 	_, rev, err := s.store.UpdateUser(ctx, id, func(u *UserRecord) error {
+		if u.PasswordHash == "" && len(u.ExternalIDs) > 0 && !s.cfg.ExternalUsersMaySetPassword {
+			return fmt.Errorf("%w: the user signs in through an external identity provider and may not set a password", ErrPermissionDenied)
+		}
 		u.PasswordHash = string(h)
 		u.SessionEpoch++
 		return nil

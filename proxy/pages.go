@@ -39,8 +39,10 @@ type pageData struct {
 	User   *authz.User
 
 	// login
-	Username string
-	RD       string
+	Username      string
+	RD            string
+	Providers     []providerButton
+	PasswordLogin bool
 	// consent
 	Client       authz.Client
 	Scopes       []string
@@ -208,11 +210,23 @@ func (s *Server) loginPage(c echo.Context) error {
 	if acc != nil && rd != "" {
 		return c.Redirect(http.StatusSeeOther, rd)
 	}
-	d := &pageData{Title: "Sign in", RD: rd, User: u}
-	if c.QueryParam("logged_out") != "" {
+	loggedOut := c.QueryParam("logged_out") != ""
+	// With only one way in, go there straight away, as contaxy does.
+	if s.cfg.DisablePasswordLogin && len(s.cfg.OIDCProviders) == 1 && acc == nil && !loggedOut {
+		return c.Redirect(http.StatusSeeOther, s.providerButtons(rd)[0].URL)
+	}
+	d := s.loginData(rd)
+	d.User = u
+	if loggedOut {
 		d.Notice = "You have been signed out."
 	}
 	return s.renderPage(c, http.StatusOK, "login", d)
+}
+
+// loginData is the sign-in page's data: the password form unless it is
+// switched off, and a button per external provider.
+func (s *Server) loginData(rd string) *pageData {
+	return &pageData{Title: "Sign in", RD: rd, Providers: s.providerButtons(rd), PasswordLogin: !s.cfg.DisablePasswordLogin}
 }
 
 // loginGet is GET /auth/login: contaxy links to it; the form lives on the
@@ -232,9 +246,13 @@ func (s *Server) login(c echo.Context) error {
 	if err := s.checkForm(c); err != nil {
 		return err
 	}
+	if s.cfg.DisablePasswordLogin {
+		return &problemError{status: http.StatusForbidden, msg: "password sign-in is switched off; sign in through an identity provider"}
+	}
 	rd := s.returnTarget(r.PostFormValue("rd"))
 	username := r.PostFormValue("username")
-	d := &pageData{Title: "Sign in", RD: rd, Username: username}
+	d := s.loginData(rd)
+	d.Username = username
 	if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
 		s.metrics.throttled[throttleAddress].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(wait))
@@ -300,6 +318,9 @@ func (s *Server) logout(c echo.Context) error {
 	s.clearSessionCookies(c)
 	if rd == "" {
 		rd = s.path("/auth/login-page") + "?logged_out=1"
+		if end := s.ssoLogoutTarget(c, rd); end != "" {
+			rd = end
+		}
 	}
 	return c.Redirect(http.StatusSeeOther, rd)
 }

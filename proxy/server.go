@@ -92,6 +92,12 @@ type Config struct {
 	// Tracer traces decisions, API requests and upstream calls, and
 	// propagates W3C trace context upstream; nil: no tracing, at no cost.
 	Tracer trace.Tracer
+	// OIDCProviders are the external OpenID Connect providers the sign-in
+	// page offers (docs/sso.md).
+	OIDCProviders []OIDCProvider
+	// DisablePasswordLogin hides the password form and refuses
+	// POST /auth/login, so that people sign in only through a provider.
+	DisablePasswordLogin bool
 }
 
 // AssertionConfig configures the X-Auth-Assertion JWT.
@@ -119,9 +125,13 @@ type Server struct {
 	reverse      *httputil.ReverseProxy
 	// canonicalPermissions caches canonical ?permission= values.
 	canonicalPermissions permissionCache
-	access       *accesslog.Logger
-	audit        *slog.Logger
-	tracer       trace.Tracer
+	access               *accesslog.Logger
+	audit                *slog.Logger
+	tracer               trace.Tracer
+	// sso holds the external sign-in providers by id.
+	sso          map[string]*ssoProvider
+	ssoCallbacks *prometheus.CounterVec
+	ssoStarts    *limiter
 }
 
 // RevisionHeader carries the store revision a write committed at; clients
@@ -162,6 +172,9 @@ func New(svc *authz.Service, cfg Config) *Server {
 	s.loginLimiter = newLimiter(cfg.LoginFailureRateLimit, time.Now)
 	s.cfg.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
 	s.metrics = newMetrics(cfg.Registerer)
+	s.sso = newSSOProviders(cfg.OIDCProviders)
+	s.ssoCallbacks = newSSOMetrics(cfg.Registerer, cfg.OIDCProviders)
+	s.ssoStarts = newLimiter(ssoStartLimit, time.Now)
 	if cfg.Upstream != nil {
 		s.reverse = s.newReverseProxy()
 	}
@@ -310,6 +323,9 @@ func (s *Server) routes() {
 	e.POST("/auth/account/tokens", s.page(s.createAccountToken))
 	e.POST("/auth/account/tokens/:id/revoke", s.page(s.revokeAccountToken))
 	e.GET("/auth/static/:file", s.static)
+	e.GET("/auth/oauth/enabled", s.oauthEnabled)
+	e.GET("/auth/oauth/login/:provider", s.page(s.ssoLogin))
+	e.GET("/auth/oauth/callback", s.page(s.ssoCallback))
 
 	e.GET("/users", s.listUsers)
 	e.POST("/users", s.createUser)

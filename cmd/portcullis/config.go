@@ -97,6 +97,11 @@ type Config struct {
 	ProxyMaxIdleConnsPerHost   int           `yaml:"proxy_max_idle_conns_per_host" help:"idle upstream connections kept per host"`
 	ProxyMaxBodyBytes          int64         `yaml:"proxy_max_body_bytes" help:"largest proxied request body (0: no limit)"`
 	ProxyRewriteHost           bool          `yaml:"proxy_rewrite_host" help:"send the upstream's host as Host instead of the client's"`
+
+	// Single sign-on through external OpenID Connect providers (docs/sso.md; sso.go).
+	OIDCProviders           []oidcProviderConfig `yaml:"oidc_providers" help:"external OpenID Connect providers (configuration file only)"`
+	DisablePasswordLogin    bool                 `yaml:"disable_password_login" help:"hide the password form: sign in only through oidc_providers"`
+	OIDCUsersMaySetPassword bool                 `yaml:"oidc_users_may_set_password" help:"let users created by an OIDC sign-in set a password"`
 }
 
 func defaultConfig() Config {
@@ -501,6 +506,9 @@ func (c Config) Validate() error {
 	}
 	if c.LoginFailureWindow < time.Second {
 		errs = append(errs, fmt.Errorf("login_failure_window %v: must be at least 1s", c.LoginFailureWindow))
+	}
+	if err := c.validateOIDC(); err != nil {
+		errs = append(errs, err)
 	}
 	switch c.LogFormat {
 	case "json", "text":

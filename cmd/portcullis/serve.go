@@ -55,6 +55,10 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return configError{err}
 	}
 	etcdPassword, adminPassword, hmacSecret := sec.etcdPassword, sec.adminPassword, sec.hmacSecret
+	providers, err := oidcProviders(cfg, log)
+	if err != nil {
+		return err
+	}
 	if hmacSecret != nil {
 		log.Warn("session JWTs use HS256 with a shared secret; every holder of the secret can mint tokens")
 	}
@@ -153,7 +157,8 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	svc, err := authz.New(startCtx, obs.tracedStore(st), authz.Config{
 		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
-		Observer: metrics.NewAuthz(reg),
+		Observer:                    metrics.NewAuthz(reg),
+		ExternalUsersMaySetPassword: cfg.OIDCUsersMaySetPassword,
 	})
 	if err != nil {
 		return configError{err}
@@ -177,6 +182,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	}
 	obs.register(reg)
 	pcfg.AccessLog, pcfg.AuditLog, pcfg.Tracer = obs.access, obs.audit, obs.tracer()
+	pcfg.OIDCProviders, pcfg.DisablePasswordLogin = providers, cfg.DisablePasswordLogin
 	if cfg.Upstream != "" {
 		log.Info("reverse proxy on", "upstream", cfg.Upstream, "api_prefix", cfg.APIPrefix)
 	}

@@ -323,6 +323,9 @@ func (s *Store) DeleteUser(ctx context.Context, id string) (authz.Revision, erro
 				then = append(then, clientv3.OpDelete(loginKey(l)))
 			}
 		}
+		for _, x := range u.ExternalIDs {
+			then = append(then, clientv3.OpDelete(externalIDKey(x)))
+		}
 		// The prefix deletes also sweep index entries that point nowhere.
 		then = append(then,
 			clientv3.OpDelete(grantsOf(subject), clientv3.WithPrefix()),
