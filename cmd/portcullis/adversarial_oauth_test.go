@@ -902,6 +902,21 @@ func TestAdversarialHeaderTrust(t *testing.T) {
 		}
 	})
 
+	t.Run("forward-auth from an untrusted peer is judged on the connection", func(t *testing.T) {
+		// The forwarded description names a public path; from an
+		// untrusted peer it is not believed, and /auth/forward itself
+		// matches no rule.
+		for _, h := range []map[string]string{
+			{"X-Forwarded-Method": "GET", "X-Forwarded-Uri": "/public/x", "X-Forwarded-Host": "a", "X-Forwarded-Proto": "https"},
+			{"X-Original-Url": "http://a/public/x", "X-Original-Method": "GET"},
+			{"X-Original-Uri": "/public/x", "X-Original-Method": "GET", "Forwarded": "for=203.0.113.9;host=a"},
+		} {
+			if a := o.send(t, "GET", "/auth/forward", nil, h); a.status == 200 {
+				t.Errorf("%v: allowed", h)
+			}
+		}
+	})
+
 	t.Run("client-sent identity headers never reach the upstream", func(t *testing.T) {
 		fake := map[string]string{
 			"X-Auth-Subject": "users/admin", "X-AUTH-USER-ID": "admin", "x-auth-username": "admin", "X-Auth-Email": "admin@example.com",
