@@ -919,6 +919,22 @@ func TestAdversarialHeaderTrust(t *testing.T) {
 		}
 	})
 
+	t.Run("spoofed forwarding headers do not move the issuer", func(t *testing.T) {
+		// Without public_url the issuer and form origin come from the
+		// request; X-Forwarded-Host/-Proto count only from a trusted proxy.
+		a := o.send(t, "GET", "/.well-known/oauth-authorization-server", nil, with(spoofed, nil))
+		var meta struct {
+			Issuer        string `json:"issuer"`
+			TokenEndpoint string `json:"token_endpoint"`
+		}
+		if err := json.Unmarshal([]byte(a.body), &meta); err != nil || a.status != 200 {
+			t.Fatalf("%d %s", a.status, a.body)
+		}
+		if meta.Issuer != "http://"+o.api || !strings.HasPrefix(meta.TokenEndpoint, "http://"+o.api+"/") {
+			t.Errorf("issuer %q, token endpoint %q under spoofed forwarding headers", meta.Issuer, meta.TokenEndpoint)
+		}
+	})
+
 	t.Run("client-sent identity headers never reach the upstream", func(t *testing.T) {
 		fake := map[string]string{
 			"X-Auth-Subject": "users/admin", "X-AUTH-USER-ID": "admin", "x-auth-username": "admin", "X-Auth-Email": "admin@example.com",
