@@ -377,24 +377,13 @@ func (s *Service) passwordGrant(ctx context.Context, req TokenRequest) (TokenRes
 // token) and, with refresh, a refresh token of a new family (family == "")
 // or of the given one.
 func (s *Service) issueTokens(ctx context.Context, subject string, scopes []string, clientID, family string, loginToken, refresh bool) (TokenResponse, error) {
-	resp := TokenResponse{TokenType: "bearer", Scope: strings.Join(scopes, " "), Subject: subject}
-	resp.UserID, _ = subjectIDs(subject)
-	if loginToken {
-		exp := s.now().Add(s.cfg.LoginTokenTTL).UTC()
-		tok, _, rev, err := s.IssueToken(ctx, TokenSpec{Subject: subject, Scopes: scopes, Type: TokenTypeAPI, Purpose: PurposeLogin, ExpiresAt: &exp, ClientID: clientID})
-		if err != nil {
-			return TokenResponse{}, err
-		}
-		resp.AccessToken, resp.ExpiresIn, resp.Revision = tok, int64(s.cfg.LoginTokenTTL/time.Second), rev
-	} else {
-		tok, _, _, err := s.IssueToken(ctx, TokenSpec{Subject: subject, Scopes: scopes, Type: TokenTypeSession, Purpose: PurposeLogin, ClientID: clientID})
-		if err != nil {
-			return TokenResponse{}, err
-		}
-		resp.AccessToken, resp.ExpiresIn = tok, int64(s.cfg.SessionTTL/time.Second)
+	resp, info, err := s.issueAccess(ctx, subject, scopes, clientID, loginToken)
+	if err != nil {
+		return TokenResponse{}, err
 	}
 	if refresh && family == "" {
 		secret, rec := s.newRefreshToken(subject, scopes, clientID, "")
+		rec.Access = issuedAccess(info)
 		rev, err := s.store.CreateToken(ctx, rec)
 		if err != nil {
 			return TokenResponse{}, fmt.Errorf("create refresh token: %w", err)
@@ -402,6 +391,36 @@ func (s *Service) issueTokens(ctx context.Context, subject string, scopes []stri
 		resp.RefreshToken, resp.Revision = secret, max(resp.Revision, rev)
 	}
 	return resp, nil
+}
+
+// issueAccess issues the access token of a token response: a session
+// JWT, or a stored login token (set_as_cookie).
+func (s *Service) issueAccess(ctx context.Context, subject string, scopes []string, clientID string, loginToken bool) (TokenResponse, TokenInfo, error) {
+	resp := TokenResponse{TokenType: "bearer", Scope: strings.Join(scopes, " "), Subject: subject}
+	resp.UserID, _ = subjectIDs(subject)
+	var info TokenInfo
+	if loginToken {
+		exp := s.now().Add(s.cfg.LoginTokenTTL).UTC()
+		tok, in, rev, err := s.IssueToken(ctx, TokenSpec{Subject: subject, Scopes: scopes, Type: TokenTypeAPI, Purpose: PurposeLogin, ExpiresAt: &exp, ClientID: clientID})
+		if err != nil {
+			return TokenResponse{}, info, err
+		}
+		resp.AccessToken, resp.ExpiresIn, resp.Revision, info = tok, int64(s.cfg.LoginTokenTTL/time.Second), rev, in
+	} else {
+		tok, in, _, err := s.IssueToken(ctx, TokenSpec{Subject: subject, Scopes: scopes, Type: TokenTypeSession, Purpose: PurposeLogin, ClientID: clientID})
+		if err != nil {
+			return TokenResponse{}, info, err
+		}
+		resp.AccessToken, resp.ExpiresIn, info = tok, int64(s.cfg.SessionTTL/time.Second), in
+	}
+	return resp, info, nil
+}
+
+func issuedAccess(info TokenInfo) *IssuedAccess {
+	if info.ID == "" || info.ExpiresAt == nil {
+		return nil
+	}
+	return &IssuedAccess{Type: info.Type, ID: info.ID, ExpiresAt: *info.ExpiresAt}
 }
 
 func (s *Service) newRefreshToken(subject string, scopes []string, clientID, family string) (string, TokenRecord) {
@@ -466,8 +485,19 @@ func (s *Service) refreshGrant(ctx context.Context, req TokenRequest) (TokenResp
 		}
 		scopes = asked
 	}
+	// The access token is issued first so that the rotated refresh token
+	// can name it: a later replay of the family revokes it too. It is
+	// handed out only if the rotation wins.
+	resp, info, err := s.issueAccess(ctx, rec.Subject, scopes, rec.ClientID, req.LoginToken)
+	if err != nil {
+		return TokenResponse{}, err
+	}
 	secret, next := s.newRefreshToken(rec.Subject, rec.Scopes, rec.ClientID, rec.Family)
+	next.Access = issuedAccess(info)
 	rev, err := s.store.RotateToken(ctx, rec, next)
+	if err != nil {
+		s.dropAccess(ctx, info)
+	}
 	switch {
 	case errors.Is(err, ErrConflict):
 		return TokenResponse{}, s.refreshReuse(ctx, rec)
@@ -476,17 +506,67 @@ func (s *Service) refreshGrant(ctx context.Context, req TokenRequest) (TokenResp
 	case err != nil:
 		return TokenResponse{}, fmt.Errorf("rotate refresh token: %w", err)
 	}
-	resp, err := s.issueTokens(ctx, rec.Subject, scopes, rec.ClientID, rec.Family, req.LoginToken, false)
-	if err != nil {
-		return TokenResponse{}, err
-	}
 	resp.RefreshToken, resp.Revision = secret, max(resp.Revision, rev)
 	return resp, nil
+}
+
+// dropAccess deletes a stored access token that was never handed out
+// (session JWTs nobody received need nothing). Best effort: it expires
+// anyway.
+func (s *Service) dropAccess(ctx context.Context, info TokenInfo) {
+	if info.Type == TokenTypeSession || info.ID == "" {
+		return
+	}
+	if t, err := s.store.TokenByID(ctx, info.ID); err == nil {
+		_, _ = s.store.DeleteTokens(ctx, []TokenRecord{t})
+	}
+}
+
+// revokeFamilyAccess revokes every unexpired access token issued with a
+// refresh token of family (the used ones are kept until they expire, so
+// the whole history is there).
+func (s *Service) revokeFamilyAccess(ctx context.Context, subject, family string) error {
+	toks, err := s.store.Tokens(ctx, subject)
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	var stored []TokenRecord
+	for _, t := range toks {
+		a := t.Access
+		if t.Family != family || t.Purpose != PurposeRefresh || a == nil || !now.Before(a.ExpiresAt) {
+			continue
+		}
+		if a.Type == TokenTypeSession {
+			if _, err := s.store.RevokeSession(ctx, a.ID, a.ExpiresAt); err != nil {
+				return err
+			}
+			s.gens.bump(slotSession, a.ID)
+			continue
+		}
+		for _, st := range toks {
+			if st.ID == a.ID {
+				stored = append(stored, st)
+			}
+		}
+	}
+	if len(stored) > 0 {
+		if _, err := s.store.DeleteTokens(ctx, stored); err != nil {
+			return err
+		}
+		for _, st := range stored {
+			s.gens.bump(slotToken, st.Digest)
+		}
+	}
+	return nil
 }
 
 // refreshReuse handles a refresh token presented twice: somebody holds a
 // copy, so the whole family is revoked (RFC 9700 §4.14.2).
 func (s *Service) refreshReuse(ctx context.Context, rec TokenRecord) error {
+	if err := s.revokeFamilyAccess(ctx, rec.Subject, rec.Family); err != nil {
+		return fmt.Errorf("revoke access tokens of a refresh token family: %w", err)
+	}
 	if _, err := s.store.RevokeFamily(ctx, rec.Subject, rec.Family); err != nil {
 		return fmt.Errorf("revoke refresh token family: %w", err)
 	}

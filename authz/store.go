@@ -79,6 +79,17 @@ type TokenRecord struct {
 	// Used marks a refresh token that was already exchanged. It is kept until
 	// it expires so that a replay is detected.
 	Used bool `json:"used,omitempty"`
+	// Access is the access token issued together with this refresh token,
+	// so that a replay of the family revokes the access tokens too.
+	Access *IssuedAccess `json:"access,omitempty"`
+}
+
+// IssuedAccess names an access token without its secret: a session JWT by
+// jti, or a stored login token by id.
+type IssuedAccess struct {
+	Type      string    `json:"token_type"`
+	ID        string    `json:"id"`
+	ExpiresAt time.Time `json:"expires_at"`
 }
 
 // ClientRecord is a registered OAuth2 client.

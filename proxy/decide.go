@@ -166,6 +166,11 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 			return fail(http.StatusBadRequest, badRequest(fmt.Sprintf("header %q: underscores in header names are refused (proxies disagree on them)", name)))
 		}
 	}
+	if a.Permission == "" {
+		if err := checkMethodOverride(a.Header, a.Method); err != nil {
+			return fail(http.StatusBadRequest, err)
+		}
+	}
 	rawPath, rawQuery, err := rules.SplitTarget(a.Target)
 	if err != nil {
 		return fail(http.StatusBadRequest, badRequest(err.Error()))
@@ -245,6 +250,26 @@ func (s *Server) decide(ctx context.Context, a *Attempt) Verdict {
 		v.Identity.Assertion = tok
 	}
 	return v
+}
+
+// methodOverrideHeaders are the headers web frameworks read as "treat this
+// request as another method" (Express's method-override, Google APIs,
+// Symfony and others). The level is judged on the request's own method,
+// so an override the upstream might honour would turn a write into an
+// admin delete.
+var methodOverrideHeaders = []string{"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+
+// checkMethodOverride refuses a request whose method-override headers name
+// another method than its own; naming its own method changes nothing.
+func checkMethodOverride(h http.Header, method string) error {
+	for _, name := range methodOverrideHeaders {
+		for _, v := range h[name] {
+			if !strings.EqualFold(strings.TrimSpace(v), method) {
+				return badRequest(name + " names another method than the request's; the permission is judged on the request's own method")
+			}
+		}
+	}
+	return nil
 }
 
 var errRateLimited = &problemError{status: http.StatusTooManyRequests, msg: "rate limit exceeded; retry later"}
