@@ -178,7 +178,7 @@ func TestKeyRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kid, err := svc.RotateSigningKey(bg)
+	kid, _, err := svc.RotateSigningKey(bg)
 	if err != nil {
 		t.Fatal(err)
 	}

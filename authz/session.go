@@ -80,7 +80,7 @@ func newKeyring(ctx context.Context, s *Service) (*keyring, error) {
 	have := k.signKey != nil
 	k.mu.RUnlock()
 	if !have {
-		if _, err := s.RotateSigningKey(ctx); err != nil {
+		if _, _, err := s.RotateSigningKey(ctx); err != nil {
 			return nil, err
 		}
 		if err := k.reload(ctx); err != nil {
@@ -258,10 +258,11 @@ func (s *Service) PublicKeys() []PublicKey {
 // RotateSigningKey generates a new signing key, stores it and makes it the
 // one every replica signs with. Older keys are retired: they keep verifying
 // the tokens they signed until those expire, and keys retired for longer
-// than a session lifetime are deleted. It returns the new key id.
-func (s *Service) RotateSigningKey(ctx context.Context) (string, error) {
+// than a session lifetime are deleted. It returns the new key id and the
+// store revision of the last change.
+func (s *Service) RotateSigningKey(ctx context.Context) (string, Revision, error) {
 	if s.cfg.HMACSecret != nil {
-		return "", invalid("signing key", "HS256 sessions use the configured secret; rotate it in the configuration")
+		return "", 0, invalid("signing key", "HS256 sessions use the configured secret; rotate it in the configuration")
 	}
 	var priv crypto.Signer
 	var err error
@@ -272,41 +273,46 @@ func (s *Service) RotateSigningKey(ctx context.Context) (string, error) {
 		_, priv, err = ed25519.GenerateKey(rand.Reader)
 	}
 	if err != nil {
-		return "", fmt.Errorf("generate signing key: %w", err)
+		return "", 0, fmt.Errorf("generate signing key: %w", err)
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
-		return "", fmt.Errorf("encode signing key: %w", err)
+		return "", 0, fmt.Errorf("encode signing key: %w", err)
 	}
 	now := s.now().UTC()
 	kid := strings.ToLower(now.Format("20060102")) + "-" + randomID(6)
-	if _, err := s.store.AddSigningKey(ctx, SigningKey{ID: kid, Algorithm: s.cfg.SessionSigningAlgorithm, PrivateKey: der, CreatedAt: now}); err != nil {
-		return "", fmt.Errorf("store signing key: %w", err)
+	rev, err := s.store.AddSigningKey(ctx, SigningKey{ID: kid, Algorithm: s.cfg.SessionSigningAlgorithm, PrivateKey: der, CreatedAt: now})
+	if err != nil {
+		return "", 0, fmt.Errorf("store signing key: %w", err)
 	}
 	existing, err := s.store.SigningKeys(ctx)
 	if err != nil {
-		return "", fmt.Errorf("load signing keys: %w", err)
+		return "", 0, fmt.Errorf("load signing keys: %w", err)
 	}
 	for _, k := range existing {
 		switch {
 		case k.ID == kid:
 		case k.RetiredAt == nil:
 			k.RetiredAt = &now
-			if _, err := s.store.UpdateSigningKey(ctx, k); err != nil && !errors.Is(err, ErrNotFound) {
-				return "", fmt.Errorf("retire signing key %s: %w", k.ID, err)
+			r, err := s.store.UpdateSigningKey(ctx, k)
+			if err != nil && !errors.Is(err, ErrNotFound) {
+				return "", 0, fmt.Errorf("retire signing key %s: %w", k.ID, err)
 			}
+			rev = max(rev, r)
 		case now.Sub(*k.RetiredAt) > s.cfg.SessionTTL+time.Minute:
-			if _, err := s.store.DeleteSigningKey(ctx, k.ID); err != nil {
-				return "", fmt.Errorf("delete signing key %s: %w", k.ID, err)
+			r, err := s.store.DeleteSigningKey(ctx, k.ID)
+			if err != nil {
+				return "", 0, fmt.Errorf("delete signing key %s: %w", k.ID, err)
 			}
+			rev = max(rev, r)
 		}
 	}
 	if s.keys != nil {
 		if err := s.keys.reload(ctx); err != nil {
-			return "", err
+			return "", 0, err
 		}
 	}
-	return kid, nil
+	return kid, rev, nil
 }
 
 // issueSession signs a session JWT for subject.

@@ -23,6 +23,7 @@ const (
 	AuditTokenRevoke    = "token.revoke"
 	AuditClientCreate   = "client.create"
 	AuditClientDelete   = "client.delete"
+	AuditKeyRotate      = "signing_key.rotate"
 	auditActorAnonymous = "anonymous"
 )
 

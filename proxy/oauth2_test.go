@@ -594,6 +594,35 @@ func TestDiscoveryAndJWKS(t *testing.T) {
 	if _, err := jwt.Parse(forged, func(tk *jwt.Token) (any, error) { return keys[tk.Header["kid"].(string)], nil }, jwt.WithValidMethods([]string{"EdDSA"})); err == nil {
 		t.Fatal("a tampered JWT verified")
 	}
+
+	// Rotation: admins only; the new key signs from now on, is published at
+	// once, and sessions signed with the old one keep working.
+	a.expect(a.do("POST", "/auth/keys/rotate", nil, nil), 401, "rotate without a token")
+	bearer := map[string]string{"Authorization": "Bearer " + session}
+	var rotated struct {
+		Kid string `json:"kid"`
+	}
+	a.expect(a.do("POST", "/auth/keys/rotate", nil, bearer), 200, "rotate").json(t, &rotated)
+	if _, old := keys[rotated.Kid]; rotated.Kid == "" || old {
+		t.Fatalf("rotation answered kid %q (known before: %v)", rotated.Kid, keys)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer), 200, "a session signed with the retired key")
+	a.expect(a.do("GET", "/.well-known/jwks.json", nil, nil), 200, "jwks after rotation").json(t, &set)
+	published := map[string]bool{}
+	for _, k := range set.Keys {
+		published[k.Kid] = true
+	}
+	if !published[rotated.Kid] || !published[parsed.Header["kid"].(string)] {
+		t.Fatalf("after rotation the JWKS has %v, want the new %s and the retired %s", published, rotated.Kid, parsed.Header["kid"])
+	}
+	next, _, err := jwt.NewParser().ParseUnverified(a.login("root", "rootpassword"), jwt.MapClaims{})
+	if err != nil || next.Header["kid"] != rotated.Kid {
+		t.Fatalf("a new session is signed with %v, want %s (%v)", next.Header["kid"], rotated.Kid, err)
+	}
+	if _, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "plain", Password: "plainpassword"}, false); err != nil {
+		t.Fatal(err)
+	}
+	a.expect(a.do("POST", "/auth/keys/rotate", nil, map[string]string{"Authorization": "Bearer " + a.login("plain", "plainpassword")}), 403, "rotate as a plain user")
 }
 
 func TestClientRegistry(t *testing.T) {

@@ -308,6 +308,7 @@ func (s *Server) routes() {
 	e.GET("/.well-known/oauth-authorization-server", s.serverMetadata)
 	e.GET("/.well-known/openid-configuration", s.serverMetadata)
 	e.GET("/.well-known/jwks.json", s.jwks)
+	e.POST("/auth/keys/rotate", s.rotateSigningKey)
 
 	e.POST("/auth/clients", s.createClient)
 	e.GET("/auth/clients", s.listClients)

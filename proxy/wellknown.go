@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"encoding/base64"
+	"log/slog"
 	"net/http"
 
 	"github.com/labstack/echo/v4"
@@ -85,4 +86,29 @@ func (s *Server) jwks(c echo.Context) error {
 	// Short: a verifier that meets an unknown kid refetches anyway.
 	c.Response().Header().Set("Cache-Control", "public, max-age=300")
 	return c.JSON(http.StatusOK, map[string]any{"keys": keys})
+}
+
+// keysPermission guards session signing key rotation.
+const keysPermission = "auth/keys#admin"
+
+// rotatedKey answers POST /auth/keys/rotate.
+type rotatedKey struct {
+	KeyID string `json:"kid"`
+}
+
+// rotateSigningKey makes a new session signing key the one every replica
+// signs with; tokens signed with older keys verify until they expire, and
+// the new public key is in /.well-known/jwks.json at once.
+func (s *Server) rotateSigningKey(c echo.Context) error {
+	acc, err := s.require(c, keysPermission)
+	if err != nil {
+		return err
+	}
+	kid, rev, err := s.svc.RotateSigningKey(c.Request().Context())
+	if err != nil {
+		return err
+	}
+	s.auditChange(c, acc.Subject, AuditKeyRotate, rev, slog.String("kid", kid))
+	setRevision(c, rev)
+	return c.JSON(http.StatusOK, rotatedKey{KeyID: kid})
 }

@@ -100,6 +100,7 @@ var adminCommands = []command{
 	{"clients list", "clients list", "list OAuth2 clients", cmdClientsList},
 	{"clients get", "clients get ID", "show an OAuth2 client", cmdClientsGet},
 	{"clients delete", "clients delete ID...", "delete OAuth2 clients", cmdClientsDelete},
+	{"keys rotate", "keys rotate", "make a new session signing key the one every replica signs with", cmdKeysRotate},
 	{"verify", "verify PERMISSION [--explain] [--subject-token-file F | --subject-token-stdin] [--fresh]", "does a token (yours by default) grant PERMISSION? exit 0 yes, 7 no", cmdVerify},
 }
 

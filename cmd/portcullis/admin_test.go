@@ -234,6 +234,18 @@ func TestAdminCommandLine(t *testing.T) {
 	admin.must(exitOK, "clients", "delete", "app")
 	admin.must(exitNotFound, "clients", "get", "app")
 
+	// Key rotation: admins only; the admin's own session (signed with the
+	// retired key) keeps working.
+	var rotated struct {
+		Kid string `json:"kid"`
+	}
+	admin.json(exitOK, &rotated, "keys", "rotate")
+	if rotated.Kid == "" {
+		t.Fatal("keys rotate: no kid")
+	}
+	alice.must(exitAuth, "keys", "rotate")
+	admin.must(exitOK, "users", "list")
+
 	// Removing the grant takes effect.
 	admin.must(exitOK, "grants", "remove", aliceSubject, "projects/p#read")
 	admin.json(exitOK, &perms, "grants", "list", aliceSubject, "--direct")

@@ -492,3 +492,23 @@ func cmdClientsDelete(ctx context.Context, c *cli, args []string) error {
 	}
 	return c.done("deleted " + strings.Join(pos, ", "))
 }
+
+func cmdKeysRotate(ctx context.Context, c *cli, args []string) error {
+	if _, err := c.parse(c.flags(), args, 0, 0); err != nil {
+		return err
+	}
+	api, err := c.connect()
+	if err != nil {
+		return err
+	}
+	var out struct {
+		Kid string `json:"kid"`
+	}
+	raw, err := fetch(ctx, api, request{Method: http.MethodPost, Path: "/auth/keys/rotate"}, &out)
+	if err != nil {
+		return err
+	}
+	return c.emit(raw, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "new signing key: %s\n(sessions signed with older keys stay valid until they expire)\n", out.Kid)
+	})
+}
