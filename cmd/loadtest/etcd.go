@@ -1,14 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -60,6 +63,10 @@ func startEtcd(ctx context.Context) (*etcdProcess, error) {
 		// default 2 GiB quota before compaction; 8 GiB is etcd's
 		// documented maximum recommendation.
 		"--quota-backend-bytes="+strconv.Itoa(8<<30),
+		// etcd 3.4 (Debian's) answers watch progress requests unsafely,
+		// so Portcullis relies on these periodic notifications to know its
+		// watch is current; docs/etcd-layout.md asks operators for this.
+		"--experimental-watch-progress-notify-interval=500ms",
 		"--logger=zap", "--log-level=error", "--log-outputs=stderr",
 	)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -144,4 +151,44 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// kvCalls is how many ranges and transactions etcd's MVCC store has seen,
+// from etcd_mvcc_range_total and etcd_mvcc_txn_total on its /metrics; the
+// difference across a phase,
+// per decision, says how often Portcullis had to read the store (a cache
+// miss), independently of Portcullis's own bookkeeping.
+func (p *etcdProcess) kvCalls(ctx context.Context) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, "GET", p.endpoint+"/metrics", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("etcd metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	var n float64
+	found := false
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "etcd_mvcc_range_total ") && !strings.HasPrefix(line, "etcd_mvcc_txn_total ") {
+			continue
+		}
+		f, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			return 0, fmt.Errorf("etcd metrics: %q", line)
+		}
+		n += f
+		found = true
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, errors.New("etcd metrics: no etcd_mvcc_range_total or etcd_mvcc_txn_total")
+	}
+	return int64(n), nil
 }

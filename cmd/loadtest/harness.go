@@ -42,10 +42,10 @@ type options struct {
 
 // child is one server process.
 type child struct {
-	name  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	log   *syncBuffer
+	name    string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	log     *syncBuffer
 	addr    string
 	token   string
 	metrics string        // the /metrics listener, when started with -metrics

@@ -47,6 +47,7 @@ type sideResult struct {
 	reqs    []request
 	rounds  []driveResult
 	cpu     []time.Duration // the servers' CPU per round
+	kv      []int64         // etcd KV calls per round (-1: not readable)
 }
 
 // scaleReport is what the scale run measured.
@@ -139,7 +140,7 @@ func runScale(ctx context.Context, o scaleOptions) (*scaleReport, error) {
 		rep.steps = append(rep.steps, step)
 	}
 	if o.compare > 0 {
-		if err := sideBySide(ctx, o, etcd.endpoint, loader.loaded, rep); err != nil {
+		if err := sideBySide(ctx, o, etcd, loader.loaded, rep); err != nil {
 			return rep, err
 		}
 	}
@@ -217,9 +218,9 @@ func measureStep(ctx context.Context, o scaleOptions, endpoint string, users []l
 // the cache-miss path (every loaded token in turn against caches of 1 MiB,
 // authz's minimum, so nearly every decision reads etcd), and three
 // replicas on the one etcd sharing the hit-path load.
-func sideBySide(ctx context.Context, o scaleOptions, endpoint string, users []loadedUser, rep *scaleReport) error {
+func sideBySide(ctx context.Context, o scaleOptions, etcd *etcdProcess, users []loadedUser, rep *scaleReport) error {
 	progress("scale: side by side, %s", o.compare)
-	fwdArgs := []string{"-kind", kindPortcullis, "-etcd", endpoint}
+	fwdArgs := []string{"-kind", kindPortcullis, "-etcd", etcd.endpoint}
 	specs := []struct {
 		name string
 		args []string
@@ -296,10 +297,16 @@ func sideBySide(ctx context.Context, o scaleOptions, endpoint string, users []lo
 		for _, t := range ts {
 			progress("scale: side by side round %d/%d: %s", r+1, rounds, t.name)
 			c0 := cpu(t)
+			kv0, kvErr0 := etcd.kvCalls(ctx)
 			res, err := drive(ctx, addrs(t), t.reqs, o.compareConn, per, false)
 			if err != nil {
 				return err
 			}
+			kv1, kvErr1 := etcd.kvCalls(ctx)
+			if kvErr0 != nil || kvErr1 != nil {
+				kv1, kv0 = -1, 0
+			}
+			t.kv = append(t.kv, kv1-kv0)
 			if !res.only(http.StatusOK) {
 				return fmt.Errorf("%s: status codes %v, %d errors", t.name, res.codes, res.errors)
 			}

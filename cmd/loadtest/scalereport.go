@@ -8,7 +8,12 @@ import (
 	"time"
 )
 
-func (r driveResult) p(q float64) time.Duration { return r.hist.quantile(q) }
+func (r driveResult) p(q float64) time.Duration {
+	if r.hist == nil {
+		return 0
+	}
+	return r.hist.quantile(q)
+}
 
 func (r *scaleReport) markdown(w io.Writer) {
 	o, m := r.opts, r.machine
@@ -47,10 +52,10 @@ func (r *scaleReport) markdown(w io.Writer) {
 	if len(r.side) > 0 && len(r.side[0].rounds) > 0 {
 		fmt.Fprintf(w, "Side by side at %d grants, interleaved rounds of %s each (order reversed every other round), %d connections, "+
 			"load average after %s. Hit: 1000 tokens repeated; miss: all %d tokens in turn against caches of 1 MiB (authz's minimum); "+
-			"3 replicas: three processes on the one etcd, connections spread over them, the hit load. CPU is the servers' utime+stime (all replicas).\n\n",
+			"3 replicas: three processes on the one etcd, connections spread over them, the hit load. CPU is the servers' utime+stime (all replicas); etcd reads/req is etcd's own count of ranges and transactions over the round (etcd_mvcc_range_total + etcd_mvcc_txn_total) per decision: the miss rate seen from the store.\n\n",
 			r.steps[len(r.steps)-1].grants, o.compare/4, o.compareConn, r.sideAvg, r.steps[len(r.steps)-1].users)
-		fmt.Fprintln(w, "| target | req/s | req/s per round | × echo | p50 ms | p99 ms | server CPU µs/req |")
-		fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---:|")
+		fmt.Fprintln(w, "| target | req/s | req/s per round | × echo | p50 ms | p99 ms | server CPU µs/req | etcd reads/req |")
+		fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---:|---:|")
 		base := r.side[0]
 		for _, t := range r.side {
 			var n int64
@@ -58,7 +63,13 @@ func (r *scaleReport) markdown(w io.Writer) {
 			merged := new(histogram)
 			rounds := make([]string, len(t.rounds))
 			var ratios []float64
+			var kv int64
 			for i, p := range t.rounds {
+				if kv >= 0 && t.kv[i] >= 0 {
+					kv += t.kv[i]
+				} else {
+					kv = -1
+				}
 				n += p.requests
 				el += p.elapsed
 				cpu += t.cpu[i]
@@ -66,8 +77,12 @@ func (r *scaleReport) markdown(w io.Writer) {
 				rounds[i] = fmt.Sprintf("%.0f", p.rps())
 				ratios = append(ratios, p.rps()/base.rounds[i].rps())
 			}
-			fmt.Fprintf(w, "| %s | %.0f | %s | %.2f | %s | %s | %.1f |\n", t.name, float64(n)/el.Seconds(), strings.Join(rounds, ", "),
-				medianF(ratios), ms(merged.quantile(0.5)), ms(merged.quantile(0.99)), float64(cpu/time.Microsecond)/float64(max(n, 1)))
+			reads := "–"
+			if kv >= 0 {
+				reads = fmt.Sprintf("%.3f", float64(kv)/float64(max(n, 1)))
+			}
+			fmt.Fprintf(w, "| %s | %.0f | %s | %.2f | %s | %s | %.1f | %s |\n", t.name, float64(n)/el.Seconds(), strings.Join(rounds, ", "),
+				medianF(ratios), ms(merged.quantile(0.5)), ms(merged.quantile(0.99)), float64(cpu/time.Microsecond)/float64(max(n, 1)), reads)
 		}
 		fmt.Fprintln(w)
 	}
