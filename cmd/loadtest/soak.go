@@ -19,6 +19,7 @@ type soakSample struct {
 	rss        int64
 	goroutines int64 // go_goroutines from its /metrics
 	openFDs    int64 // process_open_fds from its /metrics
+	idle       bool  // taken before or after the load, not under it
 }
 
 // soakReport is what the soak mode measured.
@@ -73,23 +74,23 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 		sampErr error
 	)
 	begin := time.Now()
-	sample := func() {
-		s := soakSample{at: time.Since(begin)}
+	sample := func(ctx context.Context, idle bool) {
+		s := soakSample{at: time.Since(begin), idle: idle}
 		var err error
 		if s.rss, err = rss(px.pid()); err == nil {
-			s.goroutines, s.openFDs, err = scrapeProcess(sctx, px.metrics)
+			s.goroutines, s.openFDs, err = scrapeProcess(ctx, px.metrics)
 		}
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
-			if sampErr == nil && sctx.Err() == nil {
+			if sampErr == nil && ctx.Err() == nil {
 				sampErr = err
 			}
 			return
 		}
 		rep.samples = append(rep.samples, s)
 	}
-	sample()
+	sample(ctx, true)
 	wg.Go(func() {
 		tick := time.NewTicker(opts.soakInterval)
 		defer tick.Stop()
@@ -98,7 +99,7 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 			case <-sctx.Done():
 				return
 			case <-tick.C:
-				sample()
+				sample(sctx, false)
 			}
 		}
 	})
@@ -124,7 +125,8 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 	}
 	stopSampling()
 	wg.Wait()
-	sample() // the final reading, after the load
+	time.Sleep(time.Second) // let the closed connections go
+	sample(ctx, true)       // the final reading, after the load
 	rep.trickleErr = strings.Count(px.log.String(), "trickle write failed")
 	rep.endAvg = readMachine().loadAvg
 	mu.Lock()
@@ -228,15 +230,20 @@ func (r *soakReport) markdown(w io.Writer) {
 	}
 	if len(r.samples) > 0 {
 		fmt.Fprintln(w, "| at | RSS MiB | goroutines | open fds |")
-		fmt.Fprintln(w, "|---:|---:|---:|---:|")
+		fmt.Fprintln(w, "|---|---:|---:|---:|")
 		var rs, gs, fs []float64
 		for _, s := range r.samples {
-			fmt.Fprintf(w, "| %s | %s | %d | %d |\n", s.at.Round(time.Second), mib(s.rss), s.goroutines, s.openFDs)
-			rs, gs, fs = append(rs, float64(s.rss)/(1<<20)), append(gs, float64(s.goroutines)), append(fs, float64(s.openFDs))
+			at := s.at.Round(time.Second).String()
+			if s.idle {
+				at += " (idle)"
+			} else {
+				rs, gs, fs = append(rs, float64(s.rss)/(1<<20)), append(gs, float64(s.goroutines)), append(fs, float64(s.openFDs))
+			}
+			fmt.Fprintf(w, "| %s | %s | %d | %d |\n", at, mib(s.rss), s.goroutines, s.openFDs)
 		}
 		f := func(name string, v []float64) {
 			a, b := drift(v)
-			fmt.Fprintf(w, "- %s: mean of the first quarter of samples %.1f, of the last quarter %.1f (×%.2f)\n", name, a, b, b/max(a, 1e-9))
+			fmt.Fprintf(w, "- %s under load: mean of the first quarter of samples %.1f, of the last quarter %.1f (×%.2f)\n", name, a, b, b/max(a, 1e-9))
 		}
 		fmt.Fprintln(w)
 		f("RSS MiB", rs)
