@@ -48,6 +48,9 @@ type sideResult struct {
 	rounds  []driveResult
 	cpu     []time.Duration // the servers' CPU per round
 	kv      []int64         // etcd KV calls per round (-1: not readable)
+	// baseline is the index of the target whose throughput in the same
+	// round this one's is divided by.
+	baseline int
 }
 
 // scaleReport is what the scale run measured.
@@ -115,10 +118,14 @@ func runScale(ctx context.Context, o scaleOptions) (*scaleReport, error) {
 		// The size of the live data, not of the load's history: compact
 		// as an operator's auto-compaction would (no defragmentation, so
 		// the file keeps its high-water mark; in-use is the live part).
-		rev, err := st.CurrentRevision(ctx)
+		// Physical compaction of a million revisions takes far longer
+		// than the store's request timeout; the raw client waits for it.
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+		rev, err := st.CurrentRevision(cctx)
 		if err == nil {
-			err = st.Compact(ctx, rev)
+			_, err = cli.Compact(cctx, int64(rev), clientv3.WithCompactPhysical())
 		}
+		cancel()
 		if err != nil {
 			return rep, fmt.Errorf("compact: %w", err)
 		}
@@ -216,38 +223,51 @@ func measureStep(ctx context.Context, o scaleOptions, endpoint string, users []l
 // sideBySide compares, on the loaded store, in interleaved rounds: the
 // bare echo handler, forward-auth on the cache-hit path, forward-auth on
 // the cache-miss path (every loaded token in turn against caches of 1 MiB,
-// authz's minimum, so nearly every decision reads etcd), and three
-// replicas on the one etcd sharing the hit-path load.
+// authz's minimum, so most decisions read etcd), three replicas on the one
+// etcd sharing the hit-path load, and the tuned standard-library reverse
+// proxy next to Portcullis's reverse proxy.
 func sideBySide(ctx context.Context, o scaleOptions, etcd *etcdProcess, users []loadedUser, rep *scaleReport) error {
 	progress("scale: side by side, %s", o.compare)
-	fwdArgs := []string{"-kind", kindPortcullis, "-etcd", etcd.endpoint}
-	specs := []struct {
-		name string
-		args []string
-		n    int
-	}{
-		{"A: bare echo handler", []string{"-kind", kindEcho}, 1},
-		{"forward-auth, cache hit, 1 replica", fwdArgs, 1},
-		{"forward-auth, cache miss, 1 replica", append(slices.Clone(fwdArgs), "-cache-max-cost", fmt.Sprint(1<<20)), 1},
-		{"forward-auth, cache hit, 3 replicas", fwdArgs, 3},
-	}
 	var all []*child
 	defer func() {
 		for _, c := range all {
 			c.stop()
 		}
 	}()
+	up, err := startChild(ctx, keyUpstream, "-kind", kindUpstream)
+	if err != nil {
+		return err
+	}
+	all = append(all, up)
+	upURL := "http://" + up.addr
+	fwdArgs := []string{"-kind", kindPortcullis, "-etcd", etcd.endpoint}
 	order := rand.Perm(len(users))
-	hot := make([]request, 0, 1000)
+	var hot, hotProxy []request
 	for _, k := range order[:min(1000, len(order))] {
-		hot = append(hot, forwardRequest(users[k].token, users[k].project+"#read"))
+		u := users[k]
+		hot = append(hot, forwardRequest(u.token, u.project+"#read"))
+		hotProxy = append(hotProxy, request{method: "GET", path: "/" + u.project + "/services/s1/items", header: []string{"Authorization: Bearer " + u.token}})
 	}
 	everyone := make([]request, len(order))
 	for i, k := range order {
 		everyone[i] = forwardRequest(users[k].token, users[k].project+"#read")
 	}
-	for i, s := range specs {
-		t := &sideResult{name: s.name}
+	specs := []struct {
+		name     string
+		args     []string
+		n        int
+		reqs     []request
+		baseline int // index of the target the ratio is taken against
+	}{
+		{"A: bare echo handler", []string{"-kind", kindEcho}, 1, []request{{method: "GET", path: forwardPath}}, 0},
+		{"forward-auth, cache hit, 1 replica", fwdArgs, 1, hot, 0},
+		{"forward-auth, cache miss, 1 replica", append(slices.Clone(fwdArgs), "-cache-max-cost", fmt.Sprint(1<<20)), 1, everyone, 0},
+		{"forward-auth, cache hit, 3 replicas", fwdArgs, 3, hot, 0},
+		{"B: tuned httputil.ReverseProxy", []string{"-kind", kindStdProxy, "-upstream", upURL}, 1, []request{{method: "GET", path: proxyAllowPath}}, 4},
+		{"reverse proxy, cache hit, 1 replica", append(slices.Clone(fwdArgs), "-upstream", upURL), 1, hotProxy, 4},
+	}
+	for _, s := range specs {
+		t := &sideResult{name: s.name, reqs: s.reqs, baseline: s.baseline}
 		for range s.n {
 			c, err := startChild(ctx, s.name, s.args...)
 			if err != nil {
@@ -255,14 +275,6 @@ func sideBySide(ctx context.Context, o scaleOptions, etcd *etcdProcess, users []
 			}
 			all = append(all, c)
 			t.servers = append(t.servers, c)
-		}
-		switch i {
-		case 0:
-			t.reqs = []request{{method: "GET", path: forwardPath}}
-		case 2:
-			t.reqs = everyone
-		default:
-			t.reqs = hot
 		}
 		rep.side = append(rep.side, t)
 	}

@@ -63,8 +63,8 @@ func TestScaleShort(t *testing.T) {
 			t.Errorf("step %d: db size %d, RSS %d", i, s.dbSize, s.rss)
 		}
 	}
-	if len(rep.side) != 4 {
-		t.Fatalf("%d side-by-side targets, want 4", len(rep.side))
+	if len(rep.side) != 6 {
+		t.Fatalf("%d side-by-side targets, want 6", len(rep.side))
 	}
 	for _, s := range rep.side {
 		if len(s.rounds) != 4 || len(s.servers) == 0 {
@@ -77,7 +77,7 @@ func TestScaleShort(t *testing.T) {
 	var out bytes.Buffer
 	rep.markdown(&out)
 	t.Log("\n" + out.String())
-	for _, want := range []string{"| 20000 | 2000 | 2000 |", "| forward-auth, cache miss, 1 replica |", "| forward-auth, cache hit, 3 replicas |"} {
+	for _, want := range []string{"| 20000 | 2000 | 2000 |", "| forward-auth, cache miss, 1 replica |", "| forward-auth, cache hit, 3 replicas |", "| reverse proxy, cache hit, 1 replica |"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -52,12 +52,12 @@ func (r *scaleReport) markdown(w io.Writer) {
 	if len(r.side) > 0 && len(r.side[0].rounds) > 0 {
 		fmt.Fprintf(w, "Side by side at %d grants, interleaved rounds of %s each (order reversed every other round), %d connections, "+
 			"load average after %s. Hit: 1000 tokens repeated; miss: all %d tokens in turn against caches of 1 MiB (authz's minimum); "+
-			"3 replicas: three processes on the one etcd, connections spread over them, the hit load. CPU is the servers' utime+stime (all replicas); etcd reads/req is etcd's own count of ranges and transactions over the round (etcd_mvcc_range_total + etcd_mvcc_txn_total) per decision: the miss rate seen from the store.\n\n",
+			"3 replicas: three processes on the one etcd, connections spread over them, the hit load; the reverse proxy sends 1000 users' tokens to their own projects' paths. × baseline: the median over rounds of req/s divided by the baseline's in the same round (A for forward-auth, B for the proxy). CPU is the servers' utime+stime (all replicas); etcd reads/req is etcd's own count of ranges and transactions over the round (etcd_mvcc_range_total + etcd_mvcc_txn_total) per decision: the miss rate seen from the store.\n\n",
 			r.steps[len(r.steps)-1].grants, o.compare/4, o.compareConn, r.sideAvg, r.steps[len(r.steps)-1].users)
-		fmt.Fprintln(w, "| target | req/s | req/s per round | × echo | p50 ms | p99 ms | server CPU µs/req | etcd reads/req |")
+		fmt.Fprintln(w, "| target | req/s | req/s per round | × baseline | p50 ms | p99 ms | server CPU µs/req | etcd reads/req |")
 		fmt.Fprintln(w, "|---|---:|---|---:|---:|---:|---:|---:|")
-		base := r.side[0]
 		for _, t := range r.side {
+			base := r.side[t.baseline]
 			var n int64
 			var el, cpu time.Duration
 			merged := new(histogram)
