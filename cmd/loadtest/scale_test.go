@@ -26,7 +26,7 @@ func TestScaleShort(t *testing.T) {
 		t.Skip("bulk-loads an external etcd and starts six servers")
 	}
 	needEtcd(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	opts, err := parseFlags([]string{"-mode", "scale", "-scale-steps", "1000,20000", "-scale-sample", "300",
 		"-scale-warm", "500ms", "-scale-compare", "2s", "-conns", "8"})
