@@ -15,12 +15,15 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/metrics"
@@ -65,8 +68,9 @@ var benchRules = []rules.Rule{
 // ready is the one JSON line a child prints on standard output once it
 // serves.
 type ready struct {
-	Addr  string `json:"addr"`
-	Token string `json:"token,omitempty"`
+	Addr    string `json:"addr"`
+	Token   string `json:"token,omitempty"`
+	Metrics string `json:"metrics,omitempty"` // address of the /metrics listener, with -metrics
 }
 
 // serveBench runs one server until its standard input closes (the parent
@@ -76,8 +80,23 @@ func serveBench(args []string) error {
 	kind := fs.String("kind", "", "upstream, echo, stdproxy or portcullis")
 	upstream := fs.String("upstream", "", "upstream URL (stdproxy; portcullis reverse proxy)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
+	var pc portcullisOptions
+	etcd := fs.String("etcd", "", "portcullis: comma-separated endpoints of an external etcd instead of an embedded one; nothing is seeded")
+	metrics := fs.Bool("metrics", false, "serve /metrics (with the Go and process collectors, as `portcullis serve` does) on a second listener")
+	fs.Int64Var(&pc.cacheMaxCost, "cache-max-cost", 0, "portcullis: authz cache size in bytes (0: the default)")
+	fs.DurationVar(&pc.trickle, "trickle", 0, "portcullis: every interval, one write through the authz service (grant added or removed, token issued or revoked)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *etcd != "" {
+		pc.etcd = strings.Split(*etcd, ",")
+	}
+	if pc.trickle > 0 && pc.etcd != nil {
+		return errors.New("-trickle writes for the seeded user: it needs the embedded etcd")
+	}
+	reg := prometheus.NewRegistry()
+	if *metrics {
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -125,7 +144,8 @@ func serveBench(args []string) error {
 		h = tunedProxy(target)
 		apiServer = false
 	case kindPortcullis:
-		srv, tok, closeFn, err := portcullis(ctx, log, target)
+		pc.upstream, pc.registry = target, reg
+		srv, tok, closeFn, err := portcullis(ctx, log, pc)
 		if err != nil {
 			return err
 		}
@@ -163,9 +183,20 @@ func serveBench(args []string) error {
 	if apiServer {
 		srv.ReadTimeout, srv.WriteTimeout = 60*time.Second, 60*time.Second
 	}
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(ln) }()
-	if err := json.NewEncoder(os.Stdout).Encode(ready{Addr: ln.Addr().String(), Token: token}); err != nil {
+	r := ready{Addr: ln.Addr().String(), Token: token}
+	if *metrics {
+		mln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		msrv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- msrv.Serve(mln) }()
+		defer msrv.Close()
+		r.Metrics = mln.Addr().String()
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(r); err != nil {
 		return err
 	}
 	select {
@@ -214,11 +245,22 @@ func (b *bufferPool) Get() []byte {
 
 func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 
-// portcullis starts an embedded etcd in a temporary directory, the authz
-// service with its store watch, a user alice holding projects/p1#write
-// with one API token, and the HTTP server (a reverse proxy to upstream
-// when it is set). closeFn stops everything and removes the directory.
-func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h http.Handler, token string, closeFn func(), err error) {
+// portcullisOptions configure the Portcullis child.
+type portcullisOptions struct {
+	upstream     *url.URL // reverse proxy to it; nil: the API with forward-auth only
+	registry     *prometheus.Registry
+	etcd         []string      // external etcd; nil: an embedded one, seeded with alice
+	cacheMaxCost int64         // 0: authz's default
+	trickle      time.Duration // 0: no background writes
+}
+
+// portcullis starts the authz service with its store watch and the HTTP
+// server (a reverse proxy to o.upstream when it is set). Without o.etcd it
+// runs an embedded etcd in a temporary directory and seeds a user alice
+// holding projects/p1#write with one API token, returned as token; with
+// o.etcd it uses that etcd as it is (the parent seeded it). closeFn stops
+// everything and removes the directory.
+func portcullis(ctx context.Context, log *slog.Logger, o portcullisOptions) (h http.Handler, token string, closeFn func(), err error) {
 	var closers []func()
 	closeFn = func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -230,21 +272,28 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 			closeFn()
 		}
 	}()
-	dir, err := os.MkdirTemp("", "portcullis-loadtest-")
-	if err != nil {
-		return nil, "", closeFn, err
+	endpoints := o.etcd
+	if endpoints == nil {
+		dir, err := os.MkdirTemp("", "portcullis-loadtest-")
+		if err != nil {
+			return nil, "", closeFn, err
+		}
+		closers = append(closers, func() { os.RemoveAll(dir) })
+		etcd, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: dir, Logger: log})
+		if err != nil {
+			return nil, "", closeFn, fmt.Errorf("start embedded etcd: %w", err)
+		}
+		closers = append(closers, func() { etcd.Close() })
+		endpoints = etcd.Endpoints()
 	}
-	closers = append(closers, func() { os.RemoveAll(dir) })
-	etcd, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: dir, Logger: log})
-	if err != nil {
-		return nil, "", closeFn, fmt.Errorf("start embedded etcd: %w", err)
-	}
-	closers = append(closers, func() { etcd.Close() })
 	// The same registry wiring as `portcullis serve`, so metrics cost
 	// what they cost in production.
-	reg := prometheus.NewRegistry()
+	reg := o.registry
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
 	openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	st, err := etcdstore.Open(openCtx, etcdstore.Config{Endpoints: etcd.Endpoints(), Logger: log, Observer: metrics.NewStore(reg)})
+	st, err := etcdstore.Open(openCtx, etcdstore.Config{Endpoints: endpoints, Logger: log, Observer: metrics.NewStore(reg)})
 	cancel()
 	if err != nil {
 		return nil, "", closeFn, fmt.Errorf("open store: %w", err)
@@ -252,21 +301,20 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 	closers = append(closers, func() { st.Close() })
 
 	runCtx, stopRun := context.WithCancel(ctx)
-	svc, err := authz.New(runCtx, st, authz.Config{BcryptCost: 10, Logger: log, Observer: metrics.NewAuthz(reg)})
+	svc, err := authz.New(runCtx, st, authz.Config{BcryptCost: 10, Logger: log, CacheMaxCost: o.cacheMaxCost, Observer: metrics.NewAuthz(reg)})
 	if err != nil {
 		stopRun()
 		return nil, "", closeFn, err
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	var wg sync.WaitGroup
+	wg.Go(func() {
 		if err := svc.Run(runCtx); err != nil {
 			log.Error("authz service stopped", "err", err)
 		}
-	}()
+	})
 	closers = append(closers, func() {
 		stopRun()
-		<-done
+		wg.Wait()
 		svc.Close()
 	})
 	select {
@@ -275,17 +323,22 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 		return nil, "", closeFn, errors.New("authz service: store watch not current after 30s")
 	}
 
-	u, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "alice", Email: "alice@example.com", Password: "alicepassword"}, false)
-	if err != nil {
-		return nil, "", closeFn, fmt.Errorf("create user: %w", err)
-	}
-	sub := authz.UserSubject(u.ID)
-	if _, err := svc.AddPermission(ctx, sub, "projects/p1#write"); err != nil {
-		return nil, "", closeFn, fmt.Errorf("grant: %w", err)
-	}
-	token, _, _, err = svc.IssueToken(ctx, authz.TokenSpec{Subject: sub, Scopes: []string{"*#admin"}, Purpose: authz.PurposeUserAPI})
-	if err != nil {
-		return nil, "", closeFn, fmt.Errorf("issue token: %w", err)
+	if o.etcd == nil {
+		u, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "alice", Email: "alice@example.com", Password: "alicepassword"}, false)
+		if err != nil {
+			return nil, "", closeFn, fmt.Errorf("create user: %w", err)
+		}
+		sub := authz.UserSubject(u.ID)
+		if _, err := svc.AddPermission(ctx, sub, "projects/p1#write"); err != nil {
+			return nil, "", closeFn, fmt.Errorf("grant: %w", err)
+		}
+		token, _, _, err = svc.IssueToken(ctx, authz.TokenSpec{Subject: sub, Scopes: []string{"*#admin"}, Purpose: authz.PurposeUserAPI})
+		if err != nil {
+			return nil, "", closeFn, fmt.Errorf("issue token: %w", err)
+		}
+		if o.trickle > 0 {
+			wg.Go(func() { trickleWrites(runCtx, log, svc, sub, o.trickle) })
+		}
 	}
 
 	tbl, err := rules.Compile(benchRules)
@@ -303,6 +356,40 @@ func portcullis(ctx context.Context, log *slog.Logger, upstream *url.URL) (h htt
 	closers = append(closers, func() { access.Close(); devNull.Close() })
 	// The same registry wiring as `portcullis serve`, so metrics cost
 	// what they cost in production.
-	cfg := proxy.Config{Logger: log, Routes: tbl, Registerer: reg, Upstream: upstream, AccessLog: access}
+	cfg := proxy.Config{Logger: log, Routes: tbl, Registerer: reg, Upstream: o.upstream, AccessLog: access}
 	return proxy.New(svc, cfg), token, closeFn, nil
+}
+
+// trickleWrites writes through svc once per interval until ctx ends, in a
+// cycle of four: a grant for sub added, that grant removed, an API token
+// for sub issued, that token revoked. Each write invalidates sub's cached
+// decisions on this replica (the watch sees it too), so the load's user
+// keeps passing through the cache-miss path now and then. The grants and
+// tokens are never the ones the load relies on.
+func trickleWrites(ctx context.Context, log *slog.Logger, svc *authz.Service, sub string, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	var token string
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		grant := fmt.Sprintf("projects/trickle-%d#read", i/4)
+		var err error
+		switch i % 4 {
+		case 0:
+			_, err = svc.AddPermission(ctx, sub, grant)
+		case 1:
+			_, err = svc.RemovePermission(ctx, sub, grant, false)
+		case 2:
+			token, _, _, err = svc.IssueToken(ctx, authz.TokenSpec{Subject: sub, Scopes: []string{"projects/p1#read"}, Purpose: authz.PurposeUserAPI})
+		case 3:
+			_, err = svc.RevokeToken(ctx, nil, token)
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Error("trickle write failed", "step", i%4, "err", err)
+		}
+	}
 }

@@ -33,17 +33,23 @@ type options struct {
 	// tuned bare proxy's throughput), latency in all per target; 0 turns them off.
 	latency     time.Duration
 	latencyRate float64
+
+	mode        string
+	scale       scaleOptions
+	soakLoad    float64       // soak mode: fraction of peak
+	soakTrickle time.Duration // soak mode: write interval
 }
 
 // child is one server process.
 type child struct {
-	name  string
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	log   *syncBuffer
-	addr  string
-	token string
-	done  chan struct{} // closed when the process has exited
+	name    string
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	log     *syncBuffer
+	addr    string
+	token   string
+	metrics string        // the /metrics listener, when started with -metrics
+	done    chan struct{} // closed when the process has exited
 }
 
 func (c *child) pid() int { return c.cmd.Process.Pid }
@@ -85,7 +91,7 @@ func startChild(ctx context.Context, name string, args ...string) (*child, error
 			c.stop()
 			return nil, fmt.Errorf("%s did not start: %q\n%s", name, b, c.log.String())
 		}
-		c.addr, c.token = r.Addr, r.Token
+		c.addr, c.token, c.metrics = r.Addr, r.Token, r.Metrics
 		return c, nil
 	case <-time.After(90 * time.Second):
 		c.stop()

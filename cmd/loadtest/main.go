@@ -14,6 +14,8 @@
 //	go run ./cmd/loadtest -duration 20s
 //	go run ./cmd/loadtest -duration 20s -gen wrk      # scripts/bench-deps.sh installs wrk
 //	go run ./cmd/loadtest -duration 5s -soak 5m       # RSS of Portcullis under a long run
+//	go run ./cmd/loadtest -mode scale                 # 1k, 100k, 1M grants on an external etcd
+//	go run ./cmd/loadtest -mode soak -soak 10m        # 80% of peak with a trickle of writes
 //
 // The report, a Markdown table, goes to standard output; progress goes to
 // standard error. Linux only (/proc).
@@ -26,6 +28,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -48,9 +52,25 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := run(ctx, opts)
-	if rep != nil {
-		rep.markdown(os.Stdout)
+	switch opts.mode {
+	case modeScale:
+		var rep *scaleReport
+		rep, err = runScale(ctx, opts.scale)
+		if rep != nil {
+			rep.markdown(os.Stdout)
+		}
+	case modeSoak:
+		var rep *soakReport
+		rep, err = runSoak(ctx, opts)
+		if rep != nil {
+			rep.markdown(os.Stdout)
+		}
+	default:
+		var rep *report
+		rep, err = run(ctx, opts)
+		if rep != nil {
+			rep.markdown(os.Stdout)
+		}
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
@@ -60,6 +80,16 @@ func main() {
 
 // maxSoak bounds -soak: the mode is for minutes, not for days.
 const maxSoak = 30 * time.Minute
+
+// The modes of -mode.
+const (
+	modeCompare = "compare" // the table against the baselines (and -soak's RSS run after it)
+	modeScale   = "scale"   // bulk-loaded store at growing sizes; side by side at the largest
+	modeSoak    = "soak"    // -soak long at a fraction of peak, with a trickle of writes
+)
+
+// maxGrants bounds -scale-steps: ten million grants would take hours here.
+const maxGrants = 5_000_000
 
 func parseFlags(args []string) (options, error) {
 	var o options
@@ -75,13 +105,52 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.latency, "latency-duration", 10*time.Second, "per target, latency at a fixed rate below saturation (0: off)")
 	fs.Float64Var(&o.latencyRate, "latency-rate", 0, "req/s of the fixed-rate latency rounds (0: a quarter of the tuned bare proxy's throughput)")
 	fs.StringVar(&o.profileDir, "cpuprofile-dir", "", "servers write CPU profiles (<target>.pprof) here")
+	fs.StringVar(&o.mode, "mode", modeCompare, "compare (the table), scale (bulk-loaded store at growing sizes) or soak (-soak long at -soak-load of peak with a trickle of writes)")
+	steps := fs.String("scale-steps", "1000,100000,1000000", "scale: grant counts to measure at (10 grants and 1 API token per user)")
+	fs.IntVar(&o.scale.sample, "scale-sample", 5000, "scale: cold decisions per step (distinct tokens, each once)")
+	fs.DurationVar(&o.scale.warm, "scale-warm", 5*time.Second, "scale: warm phase per step")
+	fs.IntVar(&o.scale.conns, "scale-conns", 4, "scale: connections of the cold and warm phases")
+	fs.IntVar(&o.scale.workers, "scale-workers", 64, "scale: concurrent writers of the bulk load")
+	fs.DurationVar(&o.scale.compare, "scale-compare", 20*time.Second, "scale: side-by-side rounds at the last step, in all (0: off)")
+	fs.Float64Var(&o.soakLoad, "soak-load", 0.8, "soak mode: fraction of the measured peak throughput to hold")
+	fs.DurationVar(&o.soakTrickle, "soak-trickle", 100*time.Millisecond, "soak mode: one write (grant added/removed, token issued/revoked) per interval (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
+	o.scale.compareConn = o.conns
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var errs []error
+	switch o.mode {
+	case modeCompare, modeScale:
+	case modeSoak:
+		if o.soak <= 0 {
+			errs = append(errs, errors.New("-mode soak needs -soak"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("-mode %q: want compare, scale or soak", o.mode))
+	}
+	for f := range strings.SplitSeq(*steps, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < grantsPerUser || n > maxGrants {
+			errs = append(errs, fmt.Errorf("-scale-steps: %q is not a grant count in %d..%d", f, grantsPerUser, maxGrants))
+			continue
+		}
+		if k := len(o.scale.steps); k > 0 && n <= o.scale.steps[k-1] {
+			errs = append(errs, errors.New("-scale-steps must ascend"))
+		}
+		o.scale.steps = append(o.scale.steps, n)
+	}
+	if o.scale.sample < 1 || o.scale.conns < 1 || o.scale.workers < 1 || o.scale.warm <= 0 || o.scale.compare < 0 {
+		errs = append(errs, errors.New("-scale-sample, -scale-conns, -scale-workers and -scale-warm must be positive, -scale-compare not negative"))
+	}
+	if o.soakLoad <= 0 || o.soakLoad > 1 {
+		errs = append(errs, errors.New("-soak-load must be in (0, 1]"))
+	}
+	if o.soakTrickle < 0 || (o.soakTrickle > 0 && o.soakTrickle < 10*time.Millisecond) {
+		errs = append(errs, errors.New("-soak-trickle must be 0 or at least 10ms"))
+	}
 	switch *gen {
 	case "go":
 		o.gen = goGen{}
