@@ -113,6 +113,25 @@ func startServeProcess(t *testing.T, args ...string) *served {
 	return nil
 }
 
+// passwordLogin signs in with the password grant at base (the server's
+// URL with its API prefix) and returns the access token.
+func passwordLogin(t *testing.T, base, user, password string) string {
+	t.Helper()
+	resp, err := http.PostForm(base+"/auth/oauth/token", url.Values{"grant_type": {"password"}, "username": {user}, "password": {password}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&tok)
+	if tok.AccessToken == "" {
+		t.Fatalf("login as %s: %d", user, resp.StatusCode)
+	}
+	return tok.AccessToken
+}
+
 func TestSecondProcessOnSameDataDirFailsFast(t *testing.T) {
 	dir := t.TempDir()
 	startServe(t, "--data-dir", dir, "--admin-password", "adminpassword")
@@ -167,22 +186,10 @@ func TestServeProxiesWithRoutes(t *testing.T) {
 	}
 	grpcAddr := freeAddr(t)
 	api, _, _, _ := startServe(t, "--data-dir", t.TempDir(), "--admin-password", "adminpassword", "--config", cfg, "--grpc-listen", grpcAddr)
-	form := url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {"adminpassword"}}
-	resp, err := http.PostForm("http://"+api+"/auth/oauth/token", form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&tok)
-	resp.Body.Close()
-	if tok.AccessToken == "" {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
+	token := passwordLogin(t, "http://"+api, "admin", "adminpassword")
 	req, _ := http.NewRequest("GET", "http://"+api+"/app/./x", nil)
-	req.Header.Set("Authorization", "Bearer "+tok.AccessToken)
-	resp, err = http.DefaultClient.Do(req)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +207,7 @@ func TestServeProxiesWithRoutes(t *testing.T) {
 	for _, c := range []struct {
 		auth string
 		code codes.Code
-	}{{"Bearer " + tok.AccessToken, codes.OK}, {"", codes.Unauthenticated}} {
+	}{{"Bearer " + token, codes.OK}, {"", codes.Unauthenticated}} {
 		hdrs := map[string]string{}
 		if c.auth != "" {
 			hdrs["authorization"] = c.auth

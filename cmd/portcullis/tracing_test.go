@@ -3,11 +3,9 @@ package main
 import (
 	"compress/gzip"
 	"encoding/hex"
-	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,18 +89,7 @@ func TestTracingExportsSpansAndPropagatesContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	api, _, logs, stop := startServe(t, "--data-dir", t.TempDir(), "--admin-password", "adminpassword", "--config", cfg, "--tracing-endpoint", collector.URL)
-	resp, err := http.PostForm("http://"+api+"/.portcullis/auth/oauth/token", url.Values{"grant_type": {"password"}, "username": {"admin"}, "password": {"adminpassword"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	_ = json.NewDecoder(resp.Body).Decode(&tok)
-	resp.Body.Close()
-	if tok.AccessToken == "" {
-		t.Fatalf("login: %d", resp.StatusCode)
-	}
+	token := passwordLogin(t, "http://"+api+"/.portcullis", "admin", "adminpassword")
 
 	const (
 		proxyTrace  = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -123,10 +110,10 @@ func TestTracingExportsSpansAndPropagatesContext(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	if st := get("/app/x", "Authorization: Bearer "+tok.AccessToken, "Traceparent: 00-"+proxyTrace+"-"+clientSpan+"-01"); st != 200 {
+	if st := get("/app/x", "Authorization: Bearer "+token, "Traceparent: 00-"+proxyTrace+"-"+clientSpan+"-01"); st != 200 {
 		t.Fatalf("proxied: %d", st)
 	}
-	if st := get("/.portcullis/auth/forward", "Authorization: Bearer "+tok.AccessToken, "X-Forwarded-Method: GET", "X-Forwarded-Host: app.example.com",
+	if st := get("/.portcullis/auth/forward", "Authorization: Bearer "+token, "X-Forwarded-Method: GET", "X-Forwarded-Host: app.example.com",
 		"X-Forwarded-Uri: /app/y", "Traceparent: 00-"+fwdTrace+"-"+traefikSpan+"-01"); st != 200 {
 		t.Fatalf("forward-auth: %d", st)
 	}
@@ -194,7 +181,7 @@ func TestTracingExportsSpansAndPropagatesContext(t *testing.T) {
 	}
 	for _, s := range spans {
 		for _, kv := range s.GetAttributes() {
-			if strings.Contains(kv.GetValue().GetStringValue(), tok.AccessToken) {
+			if strings.Contains(kv.GetValue().GetStringValue(), token) {
 				t.Errorf("span %s attribute %s holds the token", s.GetName(), kv.GetKey())
 			}
 		}
