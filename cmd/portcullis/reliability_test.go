@@ -8,11 +8,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1024,5 +1028,104 @@ func TestCrashDuringWriteStorm(t *testing.T) {
 				t.Errorf("grant %s on %s is missing from the reverse index: %q", perm, res, holders)
 			}
 		}
+	}
+}
+
+// TestGracefulRestartUnderLoad restarts each of two replicas in turn
+// (SIGTERM, wait for exit 0, start again) while clients keep sending
+// authorised requests through the proxy, moving to the other replica only
+// when a connection is refused, as a load balancer would. No request that
+// a replica accepted may be lost: every answer is the upstream's 200, and
+// the only errors are refused connections.
+func TestGracefulRestartUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("reliability suite: not in -short")
+	}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond) // requests are in flight when the signal lands
+		fmt.Fprint(w, "ok")
+	}))
+	t.Cleanup(up.Close)
+	c := etcdtest.StartCluster(t, 1)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "portcullis.yaml")
+	if err := os.WriteFile(cfg, []byte("upstream: "+up.URL+"\nroutes:\n  - path: /app/**\n    permission: 'apps#{level}'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--config", cfg, "--etcd-endpoints", strings.Join(c.Endpoints(), ","), "--admin-password", reliabilityAdminPassword,
+		"--bcrypt-cost", "10", "--shutdown-delay", "1s", "--shutdown-grace-period", "10s"}
+	replicas := make([]*proc, 2)
+	var mu sync.RWMutex
+	for i := range replicas {
+		replicas[i] = launch(t, args...)
+		replicas[i].waitReady(t, http.DefaultClient, "http")
+	}
+	token := passwordLogin(t, "http://"+replicas[0].api, "admin", reliabilityAdminPassword)
+
+	var ok, refused, lost atomic.Int64
+	var firstLost atomic.Value
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	for w := range 8 {
+		wg.Go(func() {
+			target := w % 2
+			for ctx.Err() == nil {
+				mu.RLock()
+				api := replicas[target].api
+				mu.RUnlock()
+				req, _ := http.NewRequest("GET", "http://"+api+"/app/x", nil)
+				req.Header.Set("Authorization", "Bearer "+token)
+				resp, err := client.Do(req)
+				switch {
+				case err != nil && errors.Is(err, syscall.ECONNREFUSED):
+					refused.Add(1)
+					target = 1 - target
+					continue
+				case err != nil:
+					lost.Add(1)
+					firstLost.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					lost.Add(1)
+					firstLost.CompareAndSwap(nil, fmt.Sprintf("status %d", resp.StatusCode))
+					continue
+				}
+				ok.Add(1)
+			}
+		})
+	}
+	time.Sleep(500 * time.Millisecond)
+	for i := range replicas {
+		p := replicas[i]
+		if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-p.exited:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("replica %d did not exit within 30 s of SIGTERM:\n%s", i, p.logs)
+		}
+		if p.err != nil {
+			t.Errorf("replica %d exited with %v:\n%s", i, p.err, p.logs)
+		}
+		next := launch(t, args...)
+		next.waitReady(t, http.DefaultClient, "http")
+		mu.Lock()
+		replicas[i] = next
+		mu.Unlock()
+		time.Sleep(500 * time.Millisecond)
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("two rolling restarts under load: %d requests answered 200, %d refused connections (moved to the other replica), %d lost", ok.Load(), refused.Load(), lost.Load())
+	if lost.Load() > 0 {
+		t.Errorf("%d accepted requests were lost; first: %v", lost.Load(), firstLost.Load())
+	}
+	if ok.Load() == 0 {
+		t.Error("no request completed")
 	}
 }
