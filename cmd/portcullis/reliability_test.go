@@ -116,6 +116,18 @@ func (top *topology) login(t *testing.T, r int, user, password string) string {
 	return tok.AccessToken
 }
 
+// readerUser creates the user name (password name+"-password") holding the
+// checked permission directly, and returns its id.
+func (top *topology) readerUser(t *testing.T, name string) string {
+	t.Helper()
+	var u struct {
+		ID string `json:"id"`
+	}
+	top.call(t, 0, "POST", "/users", top.admin, map[string]any{"username": name, "password": name + "-password"}, 200, &u)
+	top.call(t, 0, "POST", "/auth/permissions?"+url.Values{"resource_name": {"users/" + u.ID}, "permission": {checkedPermission}}.Encode(), top.admin, nil, 204, nil)
+	return u.ID
+}
+
 // checkedPermission is what every decision of the suite asks for.
 const checkedPermission = "projects/reliability#read"
 
@@ -182,9 +194,7 @@ func revocations() []revocation {
 	// returns its id and a session token.
 	granted := func(t *testing.T, top *topology, kind string, i int) (string, string) {
 		name := fmt.Sprintf("%s-%d", kind, i)
-		id := user(t, top, name)
-		grant(t, top, "users/"+id, checkedPermission)
-		return id, top.login(t, 0, name, name+"-password")
+		return top.readerUser(t, name), top.login(t, 0, name, name+"-password")
 	}
 	return []revocation{
 		{kind: "revoke API token", prepare: func(t *testing.T, top *topology, i int) (string, func(*testing.T, int)) {
@@ -447,11 +457,7 @@ func TestRevocationPropagation(t *testing.T) {
 		rounds = 40
 	}
 	// The steady load's token belongs to a user whose grant never changes.
-	var steady struct {
-		ID string `json:"id"`
-	}
-	top.call(t, 0, "POST", "/users", top.admin, map[string]any{"username": "steady", "password": "steady-password"}, 200, &steady)
-	top.call(t, 0, "POST", "/auth/permissions?"+url.Values{"resource_name": {"users/" + steady.ID}, "permission": {checkedPermission}}.Encode(), top.admin, nil, 204, nil)
+	top.readerUser(t, "steady")
 	load := top.startLoad(top.login(t, 0, "steady", "steady-password"), 3)
 
 	var results []eventResult
@@ -606,11 +612,7 @@ func TestMemberPauseNoStaleAllow(t *testing.T) {
 		t.Skip("reliability suite: not in -short")
 	}
 	top := startTopology(t, 3, 3)
-	var u struct {
-		ID string `json:"id"`
-	}
-	top.call(t, 0, "POST", "/users", top.admin, map[string]any{"username": "paused", "password": "paused-password"}, 200, &u)
-	top.call(t, 0, "POST", "/auth/permissions?"+url.Values{"resource_name": {"users/" + u.ID}, "permission": {checkedPermission}}.Encode(), top.admin, nil, 204, nil)
+	top.readerUser(t, "paused")
 	const bound = 5 * time.Second
 	for i, m := range top.etcd.Members() {
 		session := top.login(t, 0, "paused", "paused-password")
@@ -765,11 +767,7 @@ func TestStoreFaults(t *testing.T) {
 		t.Skip("reliability suite: not in -short")
 	}
 	top := startTopology(t, 3, 3)
-	var u struct {
-		ID string `json:"id"`
-	}
-	top.call(t, 0, "POST", "/users", top.admin, map[string]any{"username": "faults", "password": "faults-password"}, 200, &u)
-	top.call(t, 0, "POST", "/auth/permissions?"+url.Values{"resource_name": {"users/" + u.ID}, "permission": {checkedPermission}}.Encode(), top.admin, nil, 204, nil)
+	userID := top.readerUser(t, "faults")
 	session := top.login(t, 0, "faults", "faults-password")
 	mint := func() string {
 		var tok string
@@ -826,7 +824,7 @@ func TestStoreFaults(t *testing.T) {
 		}
 		notReady := top.waitAll(t, "/readyz 503 with the store gone", 10*time.Second, func(r int) bool { return top.readyz(r) == http.StatusServiceUnavailable })
 		// A write with the store gone fails with a 5xx, in bounded time.
-		probe := "users/" + u.ID
+		probe := "users/" + userID
 		writeStart := time.Now()
 		req, _ := http.NewRequest("POST", "http://"+top.replicas[1].api+"/auth/permissions?"+url.Values{"resource_name": {probe}, "permission": {"projects/outage#read"}}.Encode(), nil)
 		req.Header.Set("Authorization", "Bearer "+top.admin)
