@@ -379,20 +379,7 @@ func cmdTokensList(ctx context.Context, c *cli, args []string) error {
 }
 
 func cmdTokensRevoke(ctx context.Context, c *cli, args []string) error {
-	pos, err := c.parse(c.flags(), args, 1, -1)
-	if err != nil {
-		return err
-	}
-	api, err := c.connect()
-	if err != nil {
-		return err
-	}
-	for _, id := range pos {
-		if err := api.do(ctx, request{Method: http.MethodDelete, Path: "/auth/tokens/" + url.PathEscape(id)}, nil); err != nil {
-			return fmt.Errorf("revoke token %s: %w", id, err)
-		}
-	}
-	return c.done("revoked " + strings.Join(pos, ", "))
+	return deleteEach(ctx, c, args, "/auth/tokens/", "revoke token", "revoked")
 }
 
 func clientTable(clients []authz.Client) func(*tabwriter.Writer) {
@@ -477,6 +464,12 @@ func cmdClientsGet(ctx context.Context, c *cli, args []string) error {
 }
 
 func cmdClientsDelete(ctx context.Context, c *cli, args []string) error {
+	return deleteEach(ctx, c, args, "/auth/clients/", "delete client", "deleted")
+}
+
+// deleteEach sends DELETE prefix+ID for each ID argument, stopping at the
+// first failure.
+func deleteEach(ctx context.Context, c *cli, args []string, prefix, what, done string) error {
 	pos, err := c.parse(c.flags(), args, 1, -1)
 	if err != nil {
 		return err
@@ -486,11 +479,11 @@ func cmdClientsDelete(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	for _, id := range pos {
-		if err := api.do(ctx, request{Method: http.MethodDelete, Path: "/auth/clients/" + url.PathEscape(id)}, nil); err != nil {
-			return fmt.Errorf("delete client %s: %w", id, err)
+		if err := api.do(ctx, request{Method: http.MethodDelete, Path: prefix + url.PathEscape(id)}, nil); err != nil {
+			return fmt.Errorf("%s %s: %w", what, id, err)
 		}
 	}
-	return c.done("deleted " + strings.Join(pos, ", "))
+	return c.done(done + " " + strings.Join(pos, ", "))
 }
 
 func cmdKeysRotate(ctx context.Context, c *cli, args []string) error {

@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -629,27 +628,9 @@ func (stubDecider) Denial(context.Context, *proxy.Attempt, *proxy.Verdict) proxy
 	return proxy.Denial{Status: 403}
 }
 
-// lockedBuffer collects access-log lines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestCheckWritesAccessLog(t *testing.T) {
 	sc := newSidecar(t)
-	var out lockedBuffer
+	var out etcdtest.SyncBuffer
 	access := accesslog.New(accesslog.NewWriter(&out, 0, time.Hour), accesslog.JSON)
 	conn := sc.client(proxy.Config{AccessLog: access})
 	allowReq := envoyRequest("GET", "api.example.com", "/projects/p1/services/s1/x?ct_token="+sc.token, "authorization: Bearer "+sc.token)
