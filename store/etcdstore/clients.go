@@ -72,8 +72,8 @@ func (s *Store) Clients(ctx context.Context) ([]authz.ClientRecord, error) {
 func (s *Store) DeleteClient(ctx context.Context, id string) (authz.Revision, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	// A transaction rather than a delete, for the commit stamp (and so
-	// only when the client exists: no stamp for nothing).
+	// A transaction rather than a delete, for the commit stamp and the
+	// fence (and so only when the client exists: no stamp for nothing).
 	resp, err := s.commit(ctx, "delete client", []clientv3.Cmp{exists(clientKey(id))}, []clientv3.Op{clientv3.OpDelete(clientKey(id))}, nil)
 	if err != nil {
 		return 0, err

@@ -11,10 +11,16 @@ import (
 const (
 	keySchema = "schema"
 
-	// committed-at: committedAtValue, the wall-clock time of the newest
-	// write transaction, put by every write transaction (see commit). A
+	// txn/<32 hex digits>: markerValue, on a marker lease. Every write
+	// transaction puts its own (see commitWrite), with the commit time: a
 	// watcher reads, from the event at the same revision, when the change
-	// it sees was committed.
+	// it sees was committed. A re-read after an ambiguous failure puts one
+	// too, as a fence.
+	pfxTxnMarkers = "txn/"
+
+	// committed-at: committedAtValue, the commit stamp of earlier versions,
+	// which put it in every write transaction. Watchers still read it, so
+	// that writes of an older replica are measured during an upgrade.
 	keyCommittedAt = "committed-at"
 
 	// grants/<resource>|<grant>: the resource holds the grant. Resources and
@@ -69,6 +75,7 @@ func authCodeKey(digest string) string      { return pfxAuthCodes + digest }
 func signingKeyKey(kid string) string       { return pfxSigningKeys + kid }
 func loginAttemptsOf(account string) string { return pfxLoginAttempts + account + "/" }
 func userSubject(id string) string          { return userSubjectPrefix + id }
+func markerKey(id string) string            { return pfxTxnMarkers + id }
 
 // The small JSON values of index keys. Readers of grants/ and holders/
 // ignore the value entirely: an operator may write those keys by hand with

@@ -161,6 +161,11 @@ type Store struct {
 
 	livenessInterval time.Duration
 
+	// markers is the lease of the transaction markers (see commitWrite);
+	// fenceTimeout bounds the re-read of a write whose outcome is open.
+	markers      *markerLeases
+	fenceTimeout time.Duration
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -194,6 +199,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		maxTxnOps:        cfg.MaxTxnOps,
 		livenessInterval: cfg.WatchLivenessInterval,
 		obs:              cfg.Observer,
+		markers:          newMarkerLeases(defaultMarkerTTL),
+		fenceTimeout:     cfg.RequestTimeout,
 	}
 	if s.client == nil {
 		c, err := clientv3.New(clientv3.Config{
@@ -459,15 +466,18 @@ func (s *Store) checkOps(op string, lens ...int) error {
 }
 
 // commit sends one transaction after checking its size. A transaction
-// that writes also stamps keyCommittedAt with the time, so that watchers
-// can tell how long the change took to reach them.
+// that writes goes through commitWrite: it carries a marker that stamps
+// the commit time for watchers and lets a failure whose outcome is open be
+// settled by a re-read, so the caller learns whether it was applied.
+//
+// Callers may rely on Header.Revision and Succeeded. Responses holds the
+// results of the branch that ran, except when a write's outcome was
+// settled by a re-read: then it is nil. So read Responses only after a
+// branch without writes ran (the usual "on failure, read what decides the
+// error" else branch).
 func (s *Store) commit(ctx context.Context, op string, cmps []clientv3.Cmp, then, els []clientv3.Op) (*clientv3.TxnResponse, error) {
-	// Either branch may write (AddGrant writes in Else); each gets its stamp.
-	if hasWrites(then) {
-		then = append(then[:len(then):len(then)], commitStamp())
-	}
-	if hasWrites(els) {
-		els = append(els[:len(els):len(els)], commitStamp())
+	if hasWrites(then) || hasWrites(els) {
+		return s.commitWrite(ctx, op, cmps, then, els)
 	}
 	if err := s.checkOps(op, len(cmps), len(then), len(els)); err != nil {
 		return nil, err
@@ -477,12 +487,6 @@ func (s *Store) commit(ctx context.Context, op string, cmps []clientv3.Cmp, then
 		return nil, s.fail(ctx, op, err)
 	}
 	return resp, nil
-}
-
-// commitStamp is the put of keyCommittedAt, with the time taken as the
-// transaction is sent: what watchers measure from includes the commit.
-func commitStamp() clientv3.Op {
-	return clientv3.OpPut(keyCommittedAt, encode(committedAtValue{At: time.Now().UTC()}))
 }
 
 // readBatch bounds the gets of one read-only transaction where atomicity

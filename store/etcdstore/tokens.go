@@ -444,7 +444,7 @@ func (s *Store) RevokeSession(ctx context.Context, jti string, expires time.Time
 	if err != nil {
 		return 0, err
 	}
-	// A transaction rather than a put, for the commit stamp.
+	// A transaction rather than a put, for the commit stamp and the fence.
 	resp, err := s.commit(ctx, "revoke session", nil, []clientv3.Op{clientv3.OpPut(sessionKey(jti), encode(sessionValue{ExpiresAt: expires.UTC()}), clientv3.WithLease(lease))}, nil)
 	if err != nil {
 		s.dropLease(ctx, lease)

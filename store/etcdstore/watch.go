@@ -210,13 +210,19 @@ type stamps []struct {
 	at  time.Time
 }
 
-// commitStamps finds the keyCommittedAt events of a response. Every write
-// transaction of this package puts that key last, so the time is found
-// only after the transaction's other events: hence this separate pass.
+// commitStamps finds the commit times in the events of a response: the
+// puts of transaction markers (and of keyCommittedAt, from older
+// versions). Every write transaction of this package puts its marker
+// last, so the time is found only after the transaction's other events:
+// hence this separate pass. A fence's marker has no commit time, and the
+// deletion of markers when their lease ends is no put: both are skipped.
 func commitStamps(evs []*clientv3.Event) stamps {
 	var out stamps
 	for _, ev := range evs {
-		if ev.Type != mvccpb.PUT || string(ev.Kv.Key) != keyCommittedAt {
+		if ev.Type != mvccpb.PUT {
+			continue
+		}
+		if k := string(ev.Kv.Key); !strings.HasPrefix(k, pfxTxnMarkers) && k != keyCommittedAt {
 			continue
 		}
 		var v committedAtValue
