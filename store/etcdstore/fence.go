@@ -208,11 +208,11 @@ func (s *Store) commitMarked(ctx context.Context, op string, lease clientv3.Leas
 		var outer *clientv3.TxnResponse
 		outer, err = s.kv.Txn(ctx).If(absent(marker)).Then(clientv3.OpTxn(cmps, then, els)).Commit()
 		if err == nil {
-			inner := outer.Responses[0].GetResponseTxn()
-			if !outer.Succeeded || inner == nil {
+			if !outer.Succeeded || len(outer.Responses) != 1 || outer.Responses[0].GetResponseTxn() == nil {
 				// Only a fence creates the marker, and none ran.
 				return nil, fmt.Errorf("%s: transaction marker %q exists before its transaction was sent", op, marker)
 			}
+			inner := outer.Responses[0].GetResponseTxn()
 			resp = &clientv3.TxnResponse{Header: outer.Header, Succeeded: inner.Succeeded, Responses: inner.Responses}
 		}
 	} else {
@@ -286,7 +286,7 @@ func (s *Store) settle(ctx context.Context, op, marker string, lease clientv3.Le
 		}
 		wait = min(2*wait, fenceBackoffMax)
 	}
-	return nil, fmt.Errorf("%w: %w; re-reading it failed too: %w", ErrOutcomeUnknown, sendErr, classify(last))
+	return nil, fmt.Errorf("%w: %w; re-reading it failed too: %v", ErrOutcomeUnknown, sendErr, last)
 }
 
 // settled reads a fence's answer; see settle.

@@ -399,3 +399,28 @@ func TestTxnMarkersExpire(t *testing.T) {
 		}
 	}
 }
+
+// TestMarkerLeaseRevokedByHand: when the markers' lease is gone before
+// its time (an operator revoked it, a backup was restored), the next write
+// takes a fresh lease instead of failing.
+func TestMarkerLeaseRevokedByHand(t *testing.T) {
+	s := etcdtest.NewStore(t, etcdtest.SharedEmbedded(t))
+	ctx := t.Context()
+	if _, err := s.AddGrant(ctx, "projects/p", "projects/p#read"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.EtcdClient().Get(ctx, s.Prefix()+"txn/", clientv3.WithPrefix())
+	if err != nil || len(resp.Kvs) != 1 || resp.Kvs[0].Lease == 0 {
+		t.Fatalf("markers after one write: %v, %v; want one, on a lease", resp, err)
+	}
+	if _, err := s.EtcdClient().Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+		t.Fatal(err)
+	}
+	rev, err := s.AddGrant(ctx, "projects/q", "projects/q#read")
+	if err != nil {
+		t.Fatalf("write after the marker lease was revoked: %v", err)
+	}
+	if got := modRevision(t, s, "grants/projects/q|projects/q#read"); got != rev {
+		t.Errorf("grant at revision %d, reported %d", got, rev)
+	}
+}
