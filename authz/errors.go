@@ -26,8 +26,15 @@ var (
 	// client id is in use) or a compare-and-set lost a race. Maps to 409.
 	ErrConflict = errors.New("already exists")
 	// ErrUnavailable means the store could not be reached or did not answer
-	// in time; the outcome of a write that fails with it is unknown. Maps to 503.
+	// in time. A write that fails with it alone was not applied (stores
+	// re-read a write whose answer was lost before reporting it); one that
+	// also matches ErrOutcomeUnknown may or may not have been. Maps to 503.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrOutcomeUnknown means a write's answer was lost and the store could
+	// not be re-read to settle whether it was applied: the caller must read
+	// before retrying a write that is not idempotent. It always comes
+	// wrapped with ErrUnavailable. Maps to 503.
+	ErrOutcomeUnknown = errors.New("write outcome unknown, it may or may not have been applied")
 	// ErrThrottled means too many sign-in attempts failed for an account;
 	// the error is a *ThrottledError saying when to retry. Maps to 429.
 	ErrThrottled = errors.New("too many failed sign-in attempts")

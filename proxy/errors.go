@@ -152,6 +152,8 @@ func (s *Server) classify(err error) (int, Problem) {
 		return http.StatusConflict, Problem{Code: 409, Message: "already exists", Explanation: publicReason(err)}
 	case errors.Is(err, authz.ErrThrottled):
 		return http.StatusTooManyRequests, Problem{Code: 429, Message: "too many failed sign-in attempts", Explanation: publicReason(err)}
+	case errors.Is(err, authz.ErrOutcomeUnknown):
+		return http.StatusServiceUnavailable, Problem{Code: 503, Message: "store unavailable; the change may or may not have been applied: read it back before retrying"}
 	case errors.Is(err, authz.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusServiceUnavailable, Problem{Code: 503, Message: "store unavailable; try again"}
 	case errors.Is(err, context.Canceled):

@@ -23,7 +23,7 @@ import (
 // re-reading either, because etcd stayed out of reach. The write may or
 // may not have been applied. It matches authz.ErrUnavailable too, so it is
 // answered like every other store outage (503).
-var ErrOutcomeUnknown = fmt.Errorf("%w: write outcome unknown, it may or may not have been applied", authz.ErrUnavailable)
+var ErrOutcomeUnknown = fmt.Errorf("%w: %w", authz.ErrUnavailable, authz.ErrOutcomeUnknown)
 
 // Defaults of the write fence (see commitWrite).
 const (
