@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/metrics/striped"
 )
 
 // metrics are the HTTP layer's Prometheus collectors. Labels are bounded
@@ -17,8 +18,9 @@ import (
 type metrics struct {
 	shadowDisagreements *prometheus.CounterVec
 
-	// decisions[dialect][outcome][cache]
-	decisions [numDialects][numOutcomes][numCacheLabels]prometheus.Counter
+	// decisions[dialect][outcome][cache]: striped, as every request on
+	// every core counts one.
+	decisions [numDialects][numOutcomes][numCacheLabels]*striped.Counter
 	// upstream[status class]: 1xx … 5xx, and transport errors.
 	upstream [numUpstreamClasses]prometheus.Observer
 	// tokens: grant type × outcome, resolved lazily (not a hot path).
@@ -134,7 +136,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:      "Requests to the OAuth2 token endpoint, by grant type and outcome (issued, or the OAuth2 error code).",
 		}, []string{"grant_type", "outcome"}),
 	}
-	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+	decisions := striped.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "portcullis",
 		Name:      "decisions_total",
 		Help:      "Authorization decisions, by outcome (allow, deny, unauthenticated, error), dialect (traefik, nginx, envoy-http, envoy-grpc, proxy, api) and decision cache result (hit, miss, stale; none when no token was verified).",
@@ -142,7 +144,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for d, dialect := range dialects {
 		for o, outcome := range outcomes {
 			for c, cache := range cacheLabels {
-				m.decisions[d][o][c] = decisions.WithLabelValues(outcome, string(dialect), cache)
+				m.decisions[d][o][c] = decisions.With(outcome, string(dialect), cache)
 			}
 		}
 	}

@@ -233,12 +233,18 @@ func run(ctx context.Context, opts options) (*report, error) {
 	}
 	echoC, fwdC, stdC, pxC := started[0], started[1], started[2], started[3]
 	bearer := func(c *child) []string { return []string{"Authorization: Bearer " + c.token} }
+	// Each baseline gets byte for byte the request of the Portcullis target
+	// it is compared with (the token is meaningless to it): reading the
+	// query and the Authorization header is the HTTP server's work, not
+	// the decision's, so the ratio isolates what Portcullis adds.
+	fwdReq := request{method: "GET", path: forwardPath + "?permission=" + url.QueryEscape(allowPermission), header: bearer(fwdC)}
+	pxReq := request{method: "GET", path: proxyAllowPath, header: bearer(pxC)}
 	rep.targets = []*target{
 		{key: keyUpstream, name: "direct upstream", server: up, req: request{method: "GET", path: "/"}},
-		{key: keyEcho, name: "A: bare echo handler", server: echoC, req: request{method: "GET", path: forwardPath}},
-		{key: keyForward, name: "Portcullis forward-auth", server: fwdC, req: request{method: "GET", path: forwardPath + "?permission=" + url.QueryEscape(allowPermission), header: bearer(fwdC)}},
-		{key: keyStdProxy, name: "B: tuned httputil.ReverseProxy", server: stdC, upstream: up, req: request{method: "GET", path: proxyAllowPath}},
-		{key: keyProxy, name: "Portcullis reverse proxy", server: pxC, upstream: up, req: request{method: "GET", path: proxyAllowPath, header: bearer(pxC)}},
+		{key: keyEcho, name: "A: bare echo handler", server: echoC, req: fwdReq},
+		{key: keyForward, name: "Portcullis forward-auth", server: fwdC, req: fwdReq},
+		{key: keyStdProxy, name: "B: tuned httputil.ReverseProxy", server: stdC, upstream: up, req: pxReq},
+		{key: keyProxy, name: "Portcullis reverse proxy", server: pxC, upstream: up, req: pxReq},
 	}
 
 	rep.checks = checkDenials(ctx, rep)

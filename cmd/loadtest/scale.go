@@ -259,11 +259,11 @@ func sideBySide(ctx context.Context, o scaleOptions, etcd *etcdProcess, users []
 		reqs     []request
 		baseline int // index of the target the ratio is taken against
 	}{
-		{"A: bare echo handler", []string{"-kind", kindEcho}, 1, []request{{method: "GET", path: forwardPath}}, 0},
+		{"A: bare echo handler", []string{"-kind", kindEcho}, 1, hot, 0}, // the same requests as the forward-auth rows
 		{"forward-auth, cache hit, 1 replica", fwdArgs, 1, hot, 0},
 		{"forward-auth, cache miss, 1 replica", append(slices.Clone(fwdArgs), "-cache-max-cost", fmt.Sprint(1<<20)), 1, everyone, 0},
 		{"forward-auth, cache hit, 3 replicas", fwdArgs, 3, hot, 0},
-		{"B: tuned httputil.ReverseProxy", []string{"-kind", kindStdProxy, "-upstream", upURL}, 1, []request{{method: "GET", path: proxyAllowPath}}, 4},
+		{"B: tuned httputil.ReverseProxy", []string{"-kind", kindStdProxy, "-upstream", upURL}, 1, hotProxy, 4},
 		{"reverse proxy, cache hit, 1 replica", append(slices.Clone(fwdArgs), "-upstream", upURL), 1, hotProxy, 4},
 	}
 	for _, s := range specs {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -17,6 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/portcullis/portcullis/proxy/envoyauthz"
 	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
@@ -99,9 +105,27 @@ func TestGracefulShutdownOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	cfg := writeFile(t, dir, "c.yaml", "upstream: "+up.URL+"\nroutes:\n  - path: /**\n    public: true\n")
 	dataDir := filepath.Join(dir, "data")
-	args := []string{"--config", cfg, "--data-dir", dataDir, "--admin-password", "adminpassword", "--shutdown-delay", "3s", "--shutdown-grace-period", "20s"}
+	grpcAddr := freeAddr(t)
+	args := []string{"--config", cfg, "--data-dir", dataDir, "--admin-password", "adminpassword", "--shutdown-delay", "3s", "--shutdown-grace-period", "20s", "--grpc-listen", grpcAddr}
 	p := launch(t, args...)
 	p.waitReady(t, http.DefaultClient, "http")
+	conn, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	grpcHealth := func() healthpb.HealthCheckResponse_ServingStatus {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: envoyauthz.ServiceName})
+		if err != nil {
+			t.Fatalf("gRPC health: %v", err)
+		}
+		return resp.GetStatus()
+	}
+	if got := grpcHealth(); got != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("gRPC health before SIGTERM: %v", got)
+	}
 
 	type result struct {
 		status int
@@ -143,6 +167,10 @@ func TestGracefulShutdownOnSIGTERM(t *testing.T) {
 			t.Fatalf("/readyz did not turn 503 within 2s of SIGTERM (last: %v)", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Envoy's health checks see the same as the load balancer's probes.
+	if got := grpcHealth(); got != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("gRPC health during shutdown_delay: %v, want NOT_SERVING", got)
 	}
 	resp, err := http.Get("http://" + p.api + "/quick")
 	if err != nil {

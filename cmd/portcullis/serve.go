@@ -196,6 +196,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		apiSrv.ReadTimeout, apiSrv.WriteTimeout = 0, 0
 	}
 	var draining atomic.Bool
+	drainingCh := make(chan struct{}) // closed with draining set: gRPC health follows
 	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st, &draining))
 	metricsSrv.TLSConfig = metricsTLS
 
@@ -217,7 +218,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		})
 	}
 	if grpcLn != nil {
-		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api) })
+		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api, drainingCh) })
 		log.Info("envoy ext_authz gRPC serving", "grpc_listen", grpcLn.Addr().String())
 	}
 	log.Info("portcullis serving", "listen", apiLn.Addr().String(), "metrics_listen", metricsLn.Addr().String(),
@@ -227,6 +228,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		select {
 		case <-startCtx.Done(): // SIGTERM or SIGINT
 			draining.Store(true)
+			close(drainingCh)
 			delay := cfg.ShutdownDelay
 			if interrupted(startCtx) {
 				delay = 0

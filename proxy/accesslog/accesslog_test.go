@@ -252,3 +252,50 @@ func BenchmarkEncode(b *testing.B) {
 		}
 	})
 }
+
+// The cached timestamp must be byte for byte what time.RFC3339Nano gives,
+// across second boundaries, zones and fractions with trailing zeros.
+func TestStampCacheMatchesRFC3339Nano(t *testing.T) {
+	zones := []*time.Location{time.UTC, time.FixedZone("east", 5*3600+30*60), time.FixedZone("west", -7*3600)}
+	if ny, err := time.LoadLocation("America/New_York"); err == nil {
+		zones = append(zones, ny) // a DST change at 2026-03-08 07:00 UTC
+	}
+	base := time.Date(2026, 3, 8, 6, 59, 58, 0, time.UTC)
+	nanos := []int{0, 1, 10, 120_000_000, 999_999_999, 500_000_000, 123_456_789, 100}
+	var c stampCache
+	for _, loc := range zones {
+		for s := range 5 {
+			for _, ns := range nanos {
+				at := base.Add(time.Duration(s)*time.Second + time.Duration(ns)).In(loc)
+				want := at.Format(time.RFC3339Nano)
+				if got := string(c.appendRFC3339Nano(nil, at)); got != want {
+					t.Errorf("%v: got %q, want %q", at, got, want)
+				}
+			}
+		}
+	}
+	// Years outside the fixed layout fall back to the standard formatter.
+	far := time.Date(12345, 1, 2, 3, 4, 5, 6, time.UTC)
+	if got, want := string(c.appendRFC3339Nano(nil, far)), far.Format(time.RFC3339Nano); got != want {
+		t.Errorf("year 12345: got %q, want %q", got, want)
+	}
+}
+
+func TestAppendMillis(t *testing.T) {
+	for _, tc := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0.000"},
+		{499 * time.Nanosecond, "0.000"},
+		{500 * time.Nanosecond, "0.001"},
+		{1500 * time.Microsecond, "1.500"},
+		{time.Millisecond + 2*time.Microsecond + 600*time.Nanosecond, "1.003"},
+		{12*time.Second + 345*time.Microsecond, "12000.345"},
+		{-2 * time.Millisecond, "-2.000"},
+	} {
+		if got := string(appendMillis(nil, tc.d)); got != tc.want {
+			t.Errorf("%v: got %q, want %q", tc.d, got, tc.want)
+		}
+	}
+}

@@ -120,7 +120,7 @@ func (l *Logger) Close() error { return l.w.Close() }
 // names slog's JSONHandler uses for time, level and message.
 func (e *Entry) AppendJSON(b []byte) []byte {
 	b = append(b, `{"time":"`...)
-	b = e.Time.AppendFormat(b, time.RFC3339Nano)
+	b = stamps.appendRFC3339Nano(b, e.Time)
 	b = append(b, `","level":"INFO","msg":"access","log":"access","decision":"`...)
 	b = append(b, e.decision()...)
 	b = append(b, `","dialect":`...)
@@ -149,7 +149,7 @@ func (e *Entry) AppendJSON(b []byte) []byte {
 	b = append(b, `,"status":`...)
 	b = strconv.AppendInt(b, int64(e.Status), 10)
 	b = append(b, `,"latency_ms":`...)
-	b = strconv.AppendFloat(b, float64(e.Latency)/float64(time.Millisecond), 'f', 3, 64)
+	b = appendMillis(b, e.Latency)
 	if e.RequestID != "" {
 		b = append(b, `,"request_id":`...)
 		b = appendJSONString(b, e.RequestID)
@@ -160,7 +160,7 @@ func (e *Entry) AppendJSON(b []byte) []byte {
 // AppendText appends e in the key=value form of slog's TextHandler.
 func (e *Entry) AppendText(b []byte) []byte {
 	b = append(b, "time="...)
-	b = e.Time.AppendFormat(b, time.RFC3339Nano)
+	b = stamps.appendRFC3339Nano(b, e.Time)
 	b = append(b, " level=INFO msg=access log=access decision="...)
 	b = append(b, e.decision()...)
 	b = appendTextField(b, "dialect", e.Dialect)
@@ -181,7 +181,7 @@ func (e *Entry) AppendText(b []byte) []byte {
 	b = append(b, " status="...)
 	b = strconv.AppendInt(b, int64(e.Status), 10)
 	b = append(b, " latency_ms="...)
-	b = strconv.AppendFloat(b, float64(e.Latency)/float64(time.Millisecond), 'f', 3, 64)
+	b = appendMillis(b, e.Latency)
 	if e.RequestID != "" {
 		b = appendTextField(b, "request_id", e.RequestID)
 	}
@@ -197,6 +197,16 @@ func clip(s string) string {
 
 const hexDigits = "0123456789abcdef"
 
+// needsJSONEscape marks the bytes appendJSONString cannot copy as they
+// are: quotes, backslashes, control bytes, DEL and every non-ASCII byte
+// (validated as UTF-8 one rune at a time).
+var needsJSONEscape = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c < 0x20 || c == '"' || c == '\\' || c >= 0x7f
+	}
+	return t
+}()
+
 // appendJSONString appends s (clipped to maxField bytes) as a JSON
 // string: quotes, backslashes and control bytes escaped, invalid UTF-8
 // replaced by U+FFFD as encoding/json does. encoding/json's escaping of
@@ -204,7 +214,13 @@ const hexDigits = "0123456789abcdef"
 func appendJSONString(b []byte, s string) []byte {
 	s = clip(s)
 	b = append(b, '"')
-	for i := 0; i < len(s); {
+	// Most fields need no escaping: copy the clean prefix in one go.
+	clean := 0
+	for clean < len(s) && !needsJSONEscape[s[clean]] {
+		clean++
+	}
+	b = append(b, s[:clean]...)
+	for i := clean; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
 			switch {

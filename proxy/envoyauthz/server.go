@@ -275,13 +275,25 @@ var ShutdownGrace = 5 * time.Second
 // gracefully: health turns NOT_SERVING, no new calls are accepted, running
 // ones get ShutdownGrace to finish. It returns nil after a shutdown asked
 // for by ctx, else the error that stopped serving. Serve closes lis.
-func Serve(ctx context.Context, lis net.Listener, d Decider, opts ...grpc.ServerOption) error {
+//
+// When draining is closed first (the process's shutdown delay has begun),
+// health turns NOT_SERVING at once while Check calls go on being
+// answered, so that Envoy's active health checks move traffic to other
+// replicas before the listener closes. A nil draining never closes.
+func Serve(ctx context.Context, lis net.Listener, d Decider, draining <-chan struct{}, opts ...grpc.ServerOption) error {
 	gs, hs := NewGRPCServer(d, opts...)
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
 		select {
+		case <-draining:
+			hs.Shutdown()
+			select {
+			case <-ctx.Done():
+			case <-done:
+				return
+			}
 		case <-ctx.Done():
 		case <-done:
 			return

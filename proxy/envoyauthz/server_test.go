@@ -88,13 +88,19 @@ func (sc *sidecar) client(cfg proxy.Config) *grpc.ClientConn {
 // error (also called at cleanup).
 func serve(t *testing.T, d envoyauthz.Decider) (*grpc.ClientConn, func() error) {
 	t.Helper()
+	return serveDraining(t, d, nil)
+}
+
+// serveDraining is serve with the draining signal of a process shutdown.
+func serveDraining(t *testing.T, d envoyauthz.Decider, draining <-chan struct{}) (*grpc.ClientConn, func() error) {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(bg)
 	errc := make(chan error, 1)
-	go func() { errc <- envoyauthz.Serve(ctx, lis, d) }()
+	go func() { errc <- envoyauthz.Serve(ctx, lis, d, draining) }()
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		cancel()
@@ -590,6 +596,39 @@ func TestHealthAndGracefulStop(t *testing.T) {
 	}
 }
 
+// During the shutdown delay health says NOT_SERVING, so Envoy's health
+// checks take the replica out, while Check calls are still answered.
+func TestDrainingTurnsHealthNotServing(t *testing.T) {
+	draining := make(chan struct{})
+	conn, stop := serveDraining(t, stubDecider{}, draining)
+	hc := healthpb.NewHealthClient(conn)
+	status := func() healthpb.HealthCheckResponse_ServingStatus {
+		t.Helper()
+		resp, err := hc.Check(bg, &healthpb.HealthCheckRequest{Service: envoyauthz.ServiceName})
+		if err != nil {
+			t.Fatalf("health: %v", err)
+		}
+		return resp.GetStatus()
+	}
+	if got := status(); got != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("before draining: %v", got)
+	}
+	close(draining)
+	deadline := time.Now().Add(5 * time.Second)
+	for status() != healthpb.HealthCheckResponse_NOT_SERVING {
+		if time.Now().After(deadline) {
+			t.Fatal("health still SERVING 5s after draining began")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if resp := check(t, conn, envoyRequest("GET", "x.example.com", "/x")); resp.GetStatus().GetCode() != 0 {
+		t.Fatalf("Check while draining: %v, want it answered", resp)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Serve after cancel: %v", err)
+	}
+}
+
 func TestServeStopsWhenCancelledFirst(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -597,7 +636,7 @@ func TestServeStopsWhenCancelledFirst(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(bg)
 	cancel()
-	if err := envoyauthz.Serve(ctx, lis, stubDecider{}); err != nil {
+	if err := envoyauthz.Serve(ctx, lis, stubDecider{}, nil); err != nil {
 		t.Fatalf("Serve with a cancelled context: %v", err)
 	}
 }
