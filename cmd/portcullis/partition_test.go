@@ -288,6 +288,9 @@ func TestStorePartition(t *testing.T) {
 			case d.token == "victim" && d.allowed() && d.start.After(distrusted):
 				t.Errorf("the revoked token was allowed by a request sent %v after the cut, %v after the watch was distrusted",
 					d.start.Sub(partitioned).Round(time.Millisecond), d.start.Sub(distrusted).Round(time.Millisecond))
+			case d.allowed() && d.start.After(distrusted) && d.end.Before(healed):
+				t.Errorf("%s token allowed by a request sent %v after the watch was distrusted, before the heal: no store to read it from",
+					d.token, d.start.Sub(distrusted).Round(time.Millisecond))
 			case d.allowed() && d.start.After(partitioned.Add(staleBound)) && d.end.Before(healed):
 				t.Errorf("%s token allowed by a request sent %v into the partition: a cached answer outlived the watch",
 					d.token, d.start.Sub(partitioned).Round(time.Millisecond))
