@@ -343,9 +343,20 @@ func TestStorePartition(t *testing.T) {
 			partitioned := time.Now()
 			pt.links[cut][m].Partition()
 			acked := top.revokeRetrying(t, 0, session, victim, 10*time.Second)
-			// Failed over: the watch is current again and the store answers,
-			// all through the other members.
-			time.Sleep(staleBound)
+			// Failed over: the endpoint check left the member out, the watch
+			// is current again and the store answers, all through the other
+			// members.
+			leftOut := waitFor(t, "the replica's endpoint check leaves the cut member out", 10*time.Second, func() bool {
+				logs := top.replicas[cut].logs.String()
+				i := strings.LastIndex(logs, "endpoints in use changed")
+				if i < 0 {
+					return false
+				}
+				line, _, _ := strings.Cut(logs[i:], "\n")
+				inUse, _, _ := strings.Cut(line, "configured=")
+				return !strings.Contains(inUse, pt.links[cut][m].Addr())
+			})
+			time.Sleep(time.Until(partitioned.Add(staleBound)))
 			ready := waitFor(t, "the replica is ready again through the other members", 10*time.Second, func() bool {
 				ok, err := top.watchHealthy(cut)
 				return err == nil && ok && top.readyz(cut) == http.StatusOK
@@ -371,8 +382,8 @@ func TestStorePartition(t *testing.T) {
 				}
 			}
 			unavailable := where(mine, func(d tokenDecision) bool { return d.status == http.StatusServiceUnavailable })
-			t.Logf("cut off from member %s for %v: ready through the others %v after the cut; revoked token denied %v after the acknowledgement; token revoked through another replica after the fail-over denied within %v; %d decisions, %d 503 (last sent %v after the cut), slowest %v",
-				member.Name, cutFor, failedOver.Sub(partitioned).Round(time.Millisecond), victimDenied.Sub(acked).Round(time.Millisecond),
+			t.Logf("cut off from member %s for %v: left out %v and ready through the others %v after the cut; revoked token denied %v after the acknowledgement; token revoked through another replica after the fail-over denied within %v; %d decisions, %d 503 (last sent %v after the cut), slowest %v",
+				member.Name, cutFor, leftOut.Sub(partitioned).Round(time.Millisecond), failedOver.Sub(partitioned).Round(time.Millisecond), victimDenied.Sub(acked).Round(time.Millisecond),
 				laterDenied.Sub(laterAcked).Round(time.Millisecond), len(mine), len(unavailable), after(partitioned, lastStart(unavailable)),
 				slowest(mine).Round(time.Millisecond))
 
