@@ -38,6 +38,13 @@ const (
 	// trusted: three intervals.
 	DefaultWatchLivenessInterval = 500 * time.Millisecond
 	DefaultMaxTxnOps             = 10000
+	// DefaultKeepAliveTime and DefaultKeepAliveTimeout: a connection that
+	// has carried nothing for KeepAliveTime is pinged, and closed (then
+	// redialled) when the ping is not answered within KeepAliveTimeout.
+	// 10 s is the least gRPC allows a client; etcd's server accepts pings
+	// every 5 s (--grpc-keepalive-min-time).
+	DefaultKeepAliveTime    = 10 * time.Second
+	DefaultKeepAliveTimeout = 5 * time.Second
 )
 
 // SchemaVersion is the version of the key layout this package reads and
@@ -70,6 +77,16 @@ type Config struct {
 	// creates the client.
 	Logger   *slog.Logger
 	LogLevel slog.Leveler
+
+	// KeepAliveTime and KeepAliveTimeout configure gRPC keepalive pings on
+	// the connections of a client Open creates; defaults
+	// DefaultKeepAliveTime and DefaultKeepAliveTimeout, negative to
+	// disable. Without them a connection whose packets are silently lost
+	// (a network partition, a NAT that forgot it) is never given up: every
+	// request on it times out, for as long as the kernel keeps the socket
+	// (about 15 minutes), even after the network is back.
+	KeepAliveTime    time.Duration
+	KeepAliveTimeout time.Duration
 
 	// Prefix is the key prefix under which everything is stored; it must
 	// start and end with "/". Default DefaultPrefix. Several Portcullis
@@ -191,6 +208,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.WatchLivenessInterval == 0 {
 		cfg.WatchLivenessInterval = DefaultWatchLivenessInterval
 	}
+	if cfg.KeepAliveTime == 0 {
+		cfg.KeepAliveTime = DefaultKeepAliveTime
+	}
+	if cfg.KeepAliveTimeout == 0 {
+		cfg.KeepAliveTimeout = DefaultKeepAliveTimeout
+	}
 
 	s := &Store{
 		client:           cfg.Client,
@@ -209,7 +232,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			Password:    cfg.Password,
 			TLS:         cfg.TLS,
 			DialTimeout: cfg.DialTimeout,
-			Logger:      etcdlog.New(cfg.Logger, cfg.LogLevel, nil),
+			// Zero disables keepalive in clientv3.
+			DialKeepAliveTime:    max(cfg.KeepAliveTime, 0),
+			DialKeepAliveTimeout: max(cfg.KeepAliveTimeout, 0),
+			Logger:               etcdlog.New(cfg.Logger, cfg.LogLevel, nil),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open etcd store: connect: %w", classify(err))
