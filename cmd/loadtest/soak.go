@@ -7,19 +7,58 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 )
 
-// soakSample is one reading of the Portcullis process during the soak.
+// The stores of -soak-store.
+const (
+	storeExternal = "external" // an etcd process of its own (Debian's etcd-server)
+	storeEmbedded = "embedded" // etcd inside the Portcullis process
+)
+
+// Finding the peak: paced probes from the closed-loop ceiling down, each
+// probeStep of the one before, at most maxProbes of them. A probe is
+// sustained when it achieves probeAchieved of its rate with p99 within
+// -soak-peak-p99.
+const (
+	probeStep     = 0.9
+	maxProbes     = 10
+	probeAchieved = 0.97
+)
+
+// The criteria the report judges flatness and stability by.
+const (
+	flatRatio   = 1.10 // last-quarter mean at most this times the first-quarter mean
+	stableRatio = 2.0  // the worst minute's p99 at most this times the median minute's
+)
+
+// soakSample is one reading of the processes during the soak.
 type soakSample struct {
 	at         time.Duration
-	rss        int64
+	rss        int64 // Portcullis's VmRSS
+	heap       int64 // go_memstats_heap_inuse_bytes from its /metrics
+	etcdRSS    int64 // the external etcd's VmRSS (0: embedded)
 	goroutines int64 // go_goroutines from its /metrics
 	openFDs    int64 // process_open_fds from its /metrics
 	idle       bool  // taken before or after the load, not under it
+}
+
+// probe is one paced run at a candidate peak rate.
+type probe struct {
+	rate      float64 // asked for
+	p         phase
+	sustained bool
+}
+
+// soakMinute is one paced minute of the soak.
+type soakMinute struct {
+	p         phase
+	serverCPU time.Duration // CPU time of the Portcullis process in the minute
 }
 
 // soakReport is what the soak mode measured.
@@ -27,30 +66,71 @@ type soakReport struct {
 	started    time.Time
 	machine    machineInfo
 	opts       options
-	peak       phase   // closed loop, before the soak
+	pin        pinning
+	gomaxprocs int64   // the server's, from its /metrics (0: not exported)
+	ceiling    phase   // closed loop, before the probes
+	probes     []probe // paced, from the ceiling down
+	peak       float64 // the highest sustained probe rate
 	rate       float64 // the soak's paced rate
-	minutes    []phase // paced, one per minute (the last may be shorter)
+	minutes    []soakMinute
 	samples    []soakSample
-	trickleErr int // "trickle write failed" lines in the server's log
+	wall       time.Duration // of the soak's paced minutes
+	genCPU     time.Duration // this process in the soak's paced minutes
+	etcdCPU    time.Duration // the external etcd over the soak (0: embedded)
+	trickleErr int           // "trickle write failed" lines in the server's log
 	endAvg     string
 }
 
-// runSoak starts one Portcullis forward-auth server writing a trickle of
-// grants and tokens through its own authz service, measures its peak
-// throughput (closed loop, the go generator), then holds soakLoad of it
-// for opts.soak, paced, in one-minute phases, sampling RSS, goroutines and
-// open files every opts.soakInterval.
+// runSoak starts one Portcullis forward-auth server (on an external etcd,
+// or its embedded one) writing a trickle of grants and tokens through its
+// own authz service, pins it and the generator to separate CPUs, finds the
+// peak the paced generator sustains, then holds opts.soakLoad of it for
+// opts.soak in one-minute phases, sampling memory, goroutines and open
+// files every opts.soakInterval. It returns what it measured so far even
+// with an error.
 func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 	rep := &soakReport{started: time.Now(), machine: readMachine(), opts: opts}
+	pin, err := opts.soakPin.plan()
+	if err != nil {
+		return rep, err
+	}
+	rep.pin = pin
+	if pin.on() {
+		restore, err := pinSelf(pin.gen)
+		if err != nil {
+			return rep, fmt.Errorf("pin the generator: %w", err)
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				progress("soak: restore this process's CPU affinity: %v", err)
+			}
+		}()
+		progress("soak: server on CPUs %s; generator (GOMAXPROCS %d) and etcd on CPUs %s", pin.server, len(pin.gen), pin.gen)
+	} else {
+		progress("soak: not pinning CPUs: %s", pin.why)
+	}
+
 	args := []string{"-kind", kindPortcullis, "-metrics"}
+	var etcd *etcdProcess
+	if opts.soakStore == storeExternal {
+		progress("soak: starting etcd")
+		if etcd, err = startEtcdOn(ctx, pin.gen); err != nil {
+			return rep, err
+		}
+		defer etcd.stop()
+		args = append(args, "-etcd", etcd.endpoint, "-seed")
+	}
 	if opts.soakTrickle > 0 {
 		args = append(args, "-trickle", opts.soakTrickle.String())
 	}
-	px, err := startChild(ctx, keyForward, args...)
+	px, err := startChildOn(ctx, pin.server, keyForward, args...)
 	if err != nil {
-		return nil, err
+		return rep, err
 	}
 	defer px.stop()
+	if m, err := scrapeMetrics(ctx, px.metrics, "go_sched_gomaxprocs_threads"); err == nil {
+		rep.gomaxprocs = int64(m["go_sched_gomaxprocs_threads"])
+	}
 	req := request{method: "GET", path: forwardPath + "?permission=" + url.QueryEscape(allowPermission), header: []string{"Authorization: Bearer " + px.token}}
 	nop := func() {}
 	if opts.warmup > 0 {
@@ -58,14 +138,10 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 			return rep, err
 		}
 	}
-	progress("soak: peak throughput, %s closed loop", 10*time.Second)
-	if rep.peak, err = (goGen{}).run(ctx, px.addr, req, opts.conns, 10*time.Second, nop, nop); err != nil {
+	if err := findPeak(ctx, opts, px.addr, req, rep); err != nil {
 		return rep, err
 	}
-	if rep.peak.non200 > 0 || rep.peak.errors > 0 || rep.peak.requests == 0 {
-		return rep, fmt.Errorf("peak: %d requests, %d not 200, %d failed", rep.peak.requests, rep.peak.non200, rep.peak.errors)
-	}
-	rep.rate = opts.soakLoad * rep.peak.rps()
+	rep.rate = opts.soakLoad * rep.peak
 
 	sctx, stopSampling := context.WithCancel(ctx)
 	var (
@@ -76,10 +152,7 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 	begin := time.Now()
 	sample := func(ctx context.Context, idle bool) {
 		s := soakSample{at: time.Since(begin), idle: idle}
-		var err error
-		if s.rss, err = rss(px.pid()); err == nil {
-			s.goroutines, s.openFDs, err = scrapeProcess(ctx, px.metrics)
-		}
+		err := s.read(ctx, px, etcd)
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
@@ -107,21 +180,33 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 		stopSampling()
 		wg.Wait()
 	}()
-	progress("soak: %s at %.0f req/s (%.0f%% of the peak %.0f req/s), writes every %s", opts.soak, rep.rate, 100*opts.soakLoad, rep.peak.rps(), opts.soakTrickle)
+	var etcd0 time.Duration
+	if etcd != nil {
+		etcd0, _ = cpuTime(etcd.pid())
+	}
+	progress("soak: %s at %.0f req/s (%.0f%% of the paced peak %.0f req/s), writes every %s", opts.soak, rep.rate, 100*opts.soakLoad, rep.peak, opts.soakTrickle)
 	for time.Since(begin) < opts.soak {
 		d := min(time.Minute, opts.soak-time.Since(begin))
 		if d < time.Second {
 			break
 		}
-		p, err := goGen{rate: rep.rate}.run(ctx, px.addr, req, opts.conns, d, nop, nop)
+		var c0, c1 time.Duration
+		p, err := goGen{rate: rep.rate}.run(ctx, px.addr, req, opts.conns, d,
+			func() { c0, _ = cpuTime(px.pid()) }, func() { c1, _ = cpuTime(px.pid()) })
 		if err != nil {
 			return rep, err
 		}
-		rep.minutes = append(rep.minutes, p)
-		progress("soak: minute %d: %.0f req/s, p99 %s ms", len(rep.minutes), p.rps(), ms(p.p99))
+		rep.minutes = append(rep.minutes, soakMinute{p: p, serverCPU: c1 - c0})
+		rep.wall += p.elapsed
+		rep.genCPU += p.genCPU
+		progress("soak: minute %d: %.0f req/s, p99 %s ms, server CPU %.0f%%", len(rep.minutes), p.rps(), ms(p.p99), 100*(c1-c0).Seconds()/p.elapsed.Seconds())
 		if p.non200 > 0 || p.errors > 0 {
 			return rep, fmt.Errorf("soak minute %d: %d not 200, %d failed\n%s", len(rep.minutes), p.non200, p.errors, px.log.String())
 		}
+	}
+	if etcd != nil {
+		etcd1, _ := cpuTime(etcd.pid())
+		rep.etcdCPU = etcd1 - etcd0
 	}
 	stopSampling()
 	wg.Wait()
@@ -140,56 +225,108 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 	return rep, nil
 }
 
-// scrapeProcess reads go_goroutines and process_open_fds from a /metrics
-// listener (the Prometheus text format, one "name value" line each).
-func scrapeProcess(ctx context.Context, addr string) (goroutines, fds int64, err error) {
+// findPeak sets rep.ceiling, rep.probes and rep.peak. The closed loop
+// gives the ceiling: with one request in flight per connection nothing
+// paced on the same connections can exceed it. But pacing costs the
+// generator more CPU per request (a timer and a park per request instead
+// of a write right after each read), so the peak is the highest rate, from
+// the ceiling down in steps of 10%, that the paced generator itself
+// achieves (97% of it) with p99 within -soak-peak-p99, latency counted
+// from when each request was due, so a probe that falls behind fails.
+func findPeak(ctx context.Context, opts options, addr string, req request, rep *soakReport) error {
+	nop := func() {}
+	progress("soak: ceiling, %s closed loop", opts.soakProbe)
+	var err error
+	if rep.ceiling, err = (goGen{}).run(ctx, addr, req, opts.conns, opts.soakProbe, nop, nop); err != nil {
+		return err
+	}
+	if c := rep.ceiling; c.non200 > 0 || c.errors > 0 || c.requests == 0 {
+		return fmt.Errorf("ceiling: %d requests, %d not 200, %d failed", c.requests, c.non200, c.errors)
+	}
+	r := rep.ceiling.rps()
+	for range maxProbes {
+		p, err := goGen{rate: r}.run(ctx, addr, req, opts.conns, opts.soakProbe, nop, nop)
+		if err != nil {
+			return err
+		}
+		if p.non200 > 0 || p.errors > 0 {
+			return fmt.Errorf("probe at %.0f req/s: %d not 200, %d failed", r, p.non200, p.errors)
+		}
+		pr := probe{rate: r, p: p, sustained: p.rps() >= probeAchieved*r && p.p99 <= opts.soakPeakP99}
+		rep.probes = append(rep.probes, pr)
+		progress("soak: probe at %.0f req/s: achieved %.0f, p99 %s ms: sustained %v", r, p.rps(), ms(p.p99), pr.sustained)
+		if pr.sustained {
+			rep.peak = r
+			return nil
+		}
+		r *= probeStep
+	}
+	return fmt.Errorf("no paced probe from %.0f down to %.0f req/s achieved %.0f%% of its rate with p99 ≤ %s: the CPUs are too busy (or raise -soak-peak-p99)",
+		rep.probes[0].rate, rep.probes[len(rep.probes)-1].rate, 100*probeAchieved, opts.soakPeakP99)
+}
+
+// read takes one sample of the Portcullis child and of etcd (nil: embedded).
+func (s *soakSample) read(ctx context.Context, px *child, etcd *etcdProcess) error {
+	var err error
+	if s.rss, err = rss(px.pid()); err != nil {
+		return err
+	}
+	if etcd != nil {
+		if s.etcdRSS, err = rss(etcd.pid()); err != nil {
+			return fmt.Errorf("etcd: %w", err)
+		}
+	}
+	m, err := scrapeMetrics(ctx, px.metrics, "go_memstats_heap_inuse_bytes", "go_goroutines", "process_open_fds")
+	if err != nil {
+		return err
+	}
+	s.heap, s.goroutines, s.openFDs = int64(m["go_memstats_heap_inuse_bytes"]), int64(m["go_goroutines"]), int64(m["process_open_fds"])
+	return nil
+}
+
+// scrapeMetrics reads the named unlabelled metrics from a /metrics
+// listener (the Prometheus text format, one "name value" line each); every
+// name must be there.
+func scrapeMetrics(ctx context.Context, addr string, names ...string) (map[string]float64, error) {
 	req, err := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/metrics", nil)
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0, fmt.Errorf("scrape metrics: %w", err)
+		return nil, fmt.Errorf("scrape metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return 0, 0, fmt.Errorf("scrape metrics: %s", resp.Status)
+		return nil, fmt.Errorf("scrape metrics: %s", resp.Status)
 	}
-	found := 0
+	out := make(map[string]float64, len(names))
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 16<<20))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		name, value, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			continue
-		}
-		var dst *int64
-		switch name {
-		case "go_goroutines":
-			dst = &goroutines
-		case "process_open_fds":
-			dst = &fds
-		default:
+		if !ok || !slices.Contains(names, name) {
 			continue
 		}
 		f, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("metric %s: %q", name, value)
+			return nil, fmt.Errorf("metric %s: %q", name, value)
 		}
-		*dst = int64(f)
-		found++
+		out[name] = f
 	}
 	if err := sc.Err(); err != nil {
-		return 0, 0, err
+		return nil, err
 	}
-	if found != 2 {
-		return 0, 0, fmt.Errorf("scrape metrics: go_goroutines or process_open_fds missing")
+	for _, n := range names {
+		if _, ok := out[n]; !ok {
+			return nil, fmt.Errorf("scrape metrics: %s missing", n)
+		}
 	}
-	return goroutines, fds, nil
+	return out, nil
 }
 
 // drift compares the mean of the first and the last quarter of xs (at
-// least one value each): last/first.
+// least one value each).
 func drift(xs []float64) (first, last float64) {
 	if len(xs) == 0 {
 		return 0, 0
@@ -205,50 +342,132 @@ func drift(xs []float64) (first, last float64) {
 	return mean(xs[:q]), mean(xs[len(xs)-q:])
 }
 
-func (r *soakReport) markdown(w io.Writer) {
-	m := r.machine
-	fmt.Fprintf(w, "## Portcullis soak, %s\n\n", r.started.UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Fprintf(w, "Machine: %s, %d CPUs, Linux %s, load average at start %s, at the end %s.\n\n", m.cpuModel, m.cpus, m.kernel, m.loadAvg, r.endAvg)
-	fmt.Fprintf(w, "One Portcullis forward-auth process (embedded etcd), %d connections, go generator. Peak, closed loop for 10s: %.0f req/s "+
-		"(p99 %s ms). Soak: %s paced at %.0f req/s (%.0f%% of peak, latency counted from when each request was due), "+
-		"while the server writes through its authz service every %s (a grant added, removed; an API token issued, revoked; %d write errors). "+
-		"RSS from /proc, goroutines and open files from its /metrics every %s.\n\n",
-		r.opts.conns, r.peak.rps(), ms(r.peak.p99), r.opts.soak, r.rate, 100*r.opts.soakLoad, r.opts.soakTrickle, r.trickleErr, r.opts.soakInterval)
-	if len(r.minutes) > 0 {
-		fmt.Fprintln(w, "| minute | req/s | p50 ms | p99 ms |")
-		fmt.Fprintln(w, "|---:|---:|---:|---:|")
-		var p99s []float64
-		for i, p := range r.minutes {
-			fmt.Fprintf(w, "| %d | %.0f | %s | %s |\n", i+1, p.rps(), ms(p.p50), ms(p.p99))
-			p99s = append(p99s, float64(p.p99)/float64(time.Millisecond))
-		}
-		lo, hi := p99s[0], p99s[0]
-		for _, v := range p99s {
-			lo, hi = min(lo, v), max(hi, v)
-		}
-		fmt.Fprintf(w, "\nPer-minute p99: min %.2f ms, median %.2f ms, max %.2f ms.\n\n", lo, medianF(p99s), hi)
+// slope is the least-squares slope of ys over xs (0 with fewer than two
+// distinct xs).
+func slope(xs, ys []float64) float64 {
+	n := float64(len(xs))
+	var sx, sy, sxx, sxy float64
+	for i := range xs {
+		sx, sy, sxx, sxy = sx+xs[i], sy+ys[i], sxx+xs[i]*xs[i], sxy+xs[i]*ys[i]
 	}
-	if len(r.samples) > 0 {
-		fmt.Fprintln(w, "| at | RSS MiB | goroutines | open fds |")
-		fmt.Fprintln(w, "|---|---:|---:|---:|")
-		var rs, gs, fs []float64
-		for _, s := range r.samples {
-			at := s.at.Round(time.Second).String()
-			if s.idle {
-				at += " (idle)"
-			} else {
-				rs, gs, fs = append(rs, float64(s.rss)/(1<<20)), append(gs, float64(s.goroutines)), append(fs, float64(s.openFDs))
-			}
-			fmt.Fprintf(w, "| %s | %s | %d | %d |\n", at, mib(s.rss), s.goroutines, s.openFDs)
+	d := n*sxx - sx*sx
+	if len(xs) < 2 || d == 0 {
+		return 0
+	}
+	return (n*sxy - sx*sy) / d
+}
+
+// p99Spread is the per-minute p99 in ms: min, median, max.
+func (r *soakReport) p99Spread() (lo, med, hi float64) {
+	var v []float64
+	for _, m := range r.minutes {
+		v = append(v, float64(m.p.p99)/float64(time.Millisecond))
+	}
+	if len(v) == 0 {
+		return 0, 0, 0
+	}
+	return slices.Min(v), medianF(v), slices.Max(v)
+}
+
+func verdict(ok bool, yes, no string) string {
+	if ok {
+		return yes
+	}
+	return "**" + no + "**"
+}
+
+func (r *soakReport) markdown(w io.Writer) {
+	m, o := r.machine, r.opts
+	fmt.Fprintf(w, "## Portcullis soak, %s\n\n", r.started.UTC().Format("2006-01-02 15:04 MST"))
+	fmt.Fprintf(w, "Machine: %s, %d CPUs, Linux %s, %s, load average at start %s, at the end %s.\n\n", m.cpuModel, m.cpus, m.kernel, runtime.Version(), m.loadAvg, r.endAvg)
+	store := "its embedded etcd (its RSS includes etcd's)"
+	if o.soakStore == storeExternal {
+		store = "an external etcd process (RSS of each reported apart)"
+	}
+	where := "CPUs not pinned (" + r.pin.why + ")"
+	if r.pin.on() {
+		etcdOn := ""
+		if o.soakStore == storeExternal {
+			etcdOn = " and etcd"
 		}
-		f := func(name string, v []float64) {
-			a, b := drift(v)
-			fmt.Fprintf(w, "- %s under load: mean of the first quarter of samples %.1f, of the last quarter %.1f (×%.2f)\n", name, a, b, b/max(a, 1e-9))
+		where = fmt.Sprintf("the server pinned to CPUs %s (GOMAXPROCS %d), the generator%s to CPUs %s (checked in /proc)", r.pin.server, r.gomaxprocs, etcdOn, r.pin.gen)
+	}
+	fmt.Fprintf(w, "One Portcullis forward-auth process on %s; %s; go generator, %d connections.\n\n", store, where, o.conns)
+
+	fmt.Fprintf(w, "Peak: closed loop for %s reached %.0f req/s (p99 %s ms), the ceiling; paced probes of %s from there down in steps of 10%%, "+
+		"sustained = %.0f%% of the rate achieved with p99 ≤ %s (latency from when each request was due):\n\n",
+		o.soakProbe, r.ceiling.rps(), ms(r.ceiling.p99), o.soakProbe, 100*probeAchieved, o.soakPeakP99)
+	if len(r.probes) > 0 {
+		fmt.Fprintln(w, "| paced rate | achieved req/s | p50 ms | p99 ms | sustained |")
+		fmt.Fprintln(w, "|---:|---:|---:|---:|---|")
+		for _, p := range r.probes {
+			fmt.Fprintf(w, "| %.0f | %.0f | %s | %s | %v |\n", p.rate, p.p.rps(), ms(p.p.p50), ms(p.p.p99), p.sustained)
 		}
 		fmt.Fprintln(w)
-		f("RSS MiB", rs)
-		f("goroutines", gs)
-		f("open fds", fs)
+	}
+	if r.peak == 0 {
+		return
+	}
+	fmt.Fprintf(w, "Soak: %s paced at %.0f req/s (%.0f%% of the paced peak %.0f req/s), while the server writes through its authz service every %s "+
+		"(a grant added, removed; an API token issued, revoked; %d write errors). Samples every %s: RSS from /proc, heap in use, goroutines and open files from its /metrics.\n\n",
+		o.soak, r.rate, 100*o.soakLoad, r.peak, o.soakTrickle, r.trickleErr, o.soakInterval)
+
+	if len(r.minutes) > 0 {
+		fmt.Fprintln(w, "| minute | req/s | p50 ms | p99 ms | server CPU % |")
+		fmt.Fprintln(w, "|---:|---:|---:|---:|---:|")
+		var srvCPU time.Duration
+		for i, mn := range r.minutes {
+			srvCPU += mn.serverCPU
+			fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f |\n", i+1, mn.p.rps(), ms(mn.p.p50), ms(mn.p.p99), 100*mn.serverCPU.Seconds()/mn.p.elapsed.Seconds())
+		}
+		lo, med, hi := r.p99Spread()
+		fmt.Fprintf(w, "\nCPU over the soak, in %% of one CPU: server %.0f%%, generator %.0f%%", 100*srvCPU.Seconds()/r.wall.Seconds(), 100*r.genCPU.Seconds()/r.wall.Seconds())
+		if o.soakStore == storeExternal {
+			fmt.Fprintf(w, ", etcd %.0f%%", 100*r.etcdCPU.Seconds()/r.wall.Seconds())
+		}
+		fmt.Fprintf(w, ".\n\n- p99 per minute: min %.2f ms, median %.2f ms, max %.2f ms; max/min ×%.2f, max/median ×%.2f: %s (stable: max/median ≤ %.1f).\n",
+			lo, med, hi, hi/max(lo, 1e-9), hi/max(med, 1e-9), verdict(hi <= stableRatio*med, "stable", "not stable"), stableRatio)
+	}
+	if len(r.samples) > 0 {
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| at | heap in use MiB | Portcullis RSS MiB | etcd RSS MiB | goroutines | open fds |")
+		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
+		var at, heap, rs, es, gs, fs []float64
+		for _, s := range r.samples {
+			when := s.at.Round(time.Second).String()
+			if s.idle {
+				when += " (idle)"
+			} else {
+				at = append(at, s.at.Minutes())
+				heap, rs, es = append(heap, float64(s.heap)/(1<<20)), append(rs, float64(s.rss)/(1<<20)), append(es, float64(s.etcdRSS)/(1<<20))
+				gs, fs = append(gs, float64(s.goroutines)), append(fs, float64(s.openFDs))
+			}
+			etcdRSS := "–"
+			if o.soakStore == storeExternal {
+				etcdRSS = mib(s.etcdRSS)
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %d |\n", when, mib(s.heap), mib(s.rss), etcdRSS, s.goroutines, s.openFDs)
+		}
+		fmt.Fprintf(w, "\nUnder load (%d samples), mean of the first quarter → mean of the last quarter, and the least-squares slope; flat: last ≤ ×%.2f of first.\n\n", len(at), flatRatio)
+		series := []struct {
+			name string
+			v    []float64
+			note string
+		}{
+			{"heap in use MiB", heap, ""},
+			{"Portcullis RSS MiB", rs, ""},
+			{"etcd RSS MiB", es, " (the store, not Portcullis: informational)"},
+			{"goroutines", gs, ""},
+			{"open fds", fs, ""},
+		}
+		for _, x := range series {
+			if x.name == "etcd RSS MiB" && o.soakStore != storeExternal {
+				continue
+			}
+			a, b := drift(x.v)
+			ok := b <= flatRatio*a
+			fmt.Fprintf(w, "- %s: %.1f → %.1f (×%.2f), %+.2f per minute: %s%s\n", x.name, a, b, b/max(a, 1e-9), slope(at, x.v), verdict(ok, "flat", "growing"), x.note)
+		}
 		fmt.Fprintln(w)
 	}
 }
