@@ -52,13 +52,57 @@ type soakSample struct {
 type probe struct {
 	rate      float64 // asked for
 	p         phase
+	cpu       cpuUse
 	sustained bool
 }
 
 // soakMinute is one paced minute of the soak.
 type soakMinute struct {
-	p         phase
-	serverCPU time.Duration // CPU time of the Portcullis process in the minute
+	p   phase
+	cpu cpuUse
+}
+
+// cpuUse is CPU time spent during one phase.
+type cpuUse struct {
+	server, gen, etcd time.Duration
+	// others is what everything else got of the server's CPUs (of all
+	// CPUs when nothing is pinned): the tenants a shared machine adds.
+	others time.Duration
+}
+
+// pct is d in percent of one CPU over wall.
+func pct(d, wall time.Duration) float64 { return 100 * d.Seconds() / wall.Seconds() }
+
+// meter reads the CPU counters around a phase.
+type meter struct {
+	server, etcd int    // pids; etcd 0: embedded
+	cpus         cpuSet // the server's when pinned; nil: all
+}
+
+type cpuSnap struct{ server, etcd, self, busy time.Duration }
+
+func (m meter) snap() cpuSnap {
+	var s cpuSnap
+	s.server, _ = cpuTime(m.server)
+	if m.etcd > 0 {
+		s.etcd, _ = cpuTime(m.etcd)
+	}
+	s.self, _ = cpuTime(0)
+	s.busy, _ = busyTime(m.cpus)
+	return s
+}
+
+// run is one phase of g with the CPU time spent in its window.
+func (m meter) run(ctx context.Context, g goGen, addr string, req request, conns int, d time.Duration) (phase, cpuUse, error) {
+	var a, b cpuSnap
+	p, err := g.run(ctx, addr, req, conns, d, func() { a = m.snap() }, func() { b = m.snap() })
+	u := cpuUse{server: b.server - a.server, gen: b.self - a.self, etcd: b.etcd - a.etcd}
+	ours := u.server
+	if m.cpus == nil {
+		ours += u.gen + u.etcd
+	}
+	u.others = max(0, b.busy-a.busy-ours)
+	return p, u, err
 }
 
 // soakReport is what the soak mode measured.
@@ -67,17 +111,15 @@ type soakReport struct {
 	machine    machineInfo
 	opts       options
 	pin        pinning
-	gomaxprocs int64   // the server's, from its /metrics (0: not exported)
-	ceiling    phase   // closed loop, before the probes
+	gomaxprocs int64 // the server's, from its /metrics (0: not exported)
+	ceiling    phase // closed loop, before the probes
+	ceilingCPU cpuUse
 	probes     []probe // paced, from the ceiling down
 	peak       float64 // the highest sustained probe rate
 	rate       float64 // the soak's paced rate
 	minutes    []soakMinute
 	samples    []soakSample
-	wall       time.Duration // of the soak's paced minutes
-	genCPU     time.Duration // this process in the soak's paced minutes
-	etcdCPU    time.Duration // the external etcd over the soak (0: embedded)
-	trickleErr int           // "trickle write failed" lines in the server's log
+	trickleErr int // "trickle write failed" lines in the server's log
 	endAvg     string
 }
 
@@ -138,7 +180,11 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 			return rep, err
 		}
 	}
-	if err := findPeak(ctx, opts, px.addr, req, rep); err != nil {
+	m := meter{server: px.pid(), cpus: pin.server}
+	if etcd != nil {
+		m.etcd = etcd.pid()
+	}
+	if err := findPeak(ctx, opts, m, px.addr, req, rep); err != nil {
 		return rep, err
 	}
 	rep.rate = opts.soakLoad * rep.peak
@@ -180,33 +226,22 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 		stopSampling()
 		wg.Wait()
 	}()
-	var etcd0 time.Duration
-	if etcd != nil {
-		etcd0, _ = cpuTime(etcd.pid())
-	}
 	progress("soak: %s at %.0f req/s (%.0f%% of the paced peak %.0f req/s), writes every %s", opts.soak, rep.rate, 100*opts.soakLoad, rep.peak, opts.soakTrickle)
 	for time.Since(begin) < opts.soak {
 		d := min(time.Minute, opts.soak-time.Since(begin))
 		if d < time.Second {
 			break
 		}
-		var c0, c1 time.Duration
-		p, err := goGen{rate: rep.rate}.run(ctx, px.addr, req, opts.conns, d,
-			func() { c0, _ = cpuTime(px.pid()) }, func() { c1, _ = cpuTime(px.pid()) })
+		p, u, err := m.run(ctx, goGen{rate: rep.rate}, px.addr, req, opts.conns, d)
 		if err != nil {
 			return rep, err
 		}
-		rep.minutes = append(rep.minutes, soakMinute{p: p, serverCPU: c1 - c0})
-		rep.wall += p.elapsed
-		rep.genCPU += p.genCPU
-		progress("soak: minute %d: %.0f req/s, p99 %s ms, server CPU %.0f%%", len(rep.minutes), p.rps(), ms(p.p99), 100*(c1-c0).Seconds()/p.elapsed.Seconds())
+		rep.minutes = append(rep.minutes, soakMinute{p: p, cpu: u})
+		progress("soak: minute %d: %.0f req/s, p99 %s ms, CPU: server %.0f%%, generator %.0f%%, others on the server's CPUs %.0f%%",
+			len(rep.minutes), p.rps(), ms(p.p99), pct(u.server, p.elapsed), pct(u.gen, p.elapsed), pct(u.others, p.elapsed))
 		if p.non200 > 0 || p.errors > 0 {
 			return rep, fmt.Errorf("soak minute %d: %d not 200, %d failed\n%s", len(rep.minutes), p.non200, p.errors, px.log.String())
 		}
-	}
-	if etcd != nil {
-		etcd1, _ := cpuTime(etcd.pid())
-		rep.etcdCPU = etcd1 - etcd0
 	}
 	stopSampling()
 	wg.Wait()
@@ -233,11 +268,10 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 // the ceiling down in steps of 10%, that the paced generator itself
 // achieves (97% of it) with p99 within -soak-peak-p99, latency counted
 // from when each request was due, so a probe that falls behind fails.
-func findPeak(ctx context.Context, opts options, addr string, req request, rep *soakReport) error {
-	nop := func() {}
+func findPeak(ctx context.Context, opts options, m meter, addr string, req request, rep *soakReport) error {
 	progress("soak: ceiling, %s closed loop", opts.soakProbe)
 	var err error
-	if rep.ceiling, err = (goGen{}).run(ctx, addr, req, opts.conns, opts.soakProbe, nop, nop); err != nil {
+	if rep.ceiling, rep.ceilingCPU, err = m.run(ctx, goGen{}, addr, req, opts.conns, opts.soakProbe); err != nil {
 		return err
 	}
 	if c := rep.ceiling; c.non200 > 0 || c.errors > 0 || c.requests == 0 {
@@ -245,16 +279,17 @@ func findPeak(ctx context.Context, opts options, addr string, req request, rep *
 	}
 	r := rep.ceiling.rps()
 	for range maxProbes {
-		p, err := goGen{rate: r}.run(ctx, addr, req, opts.conns, opts.soakProbe, nop, nop)
+		p, u, err := m.run(ctx, goGen{rate: r}, addr, req, opts.conns, opts.soakProbe)
 		if err != nil {
 			return err
 		}
 		if p.non200 > 0 || p.errors > 0 {
 			return fmt.Errorf("probe at %.0f req/s: %d not 200, %d failed", r, p.non200, p.errors)
 		}
-		pr := probe{rate: r, p: p, sustained: p.rps() >= probeAchieved*r && p.p99 <= opts.soakPeakP99}
+		pr := probe{rate: r, p: p, cpu: u, sustained: p.rps() >= probeAchieved*r && p.p99 <= opts.soakPeakP99}
 		rep.probes = append(rep.probes, pr)
-		progress("soak: probe at %.0f req/s: achieved %.0f, p99 %s ms: sustained %v", r, p.rps(), ms(p.p99), pr.sustained)
+		progress("soak: probe at %.0f req/s: achieved %.0f, p99 %s ms, CPU: server %.0f%%, generator %.0f%%, others on the server's CPUs %.0f%%: sustained %v",
+			r, p.rps(), ms(p.p99), pct(u.server, p.elapsed), pct(u.gen, p.elapsed), pct(u.others, p.elapsed), pr.sustained)
 		if pr.sustained {
 			rep.peak = r
 			return nil
@@ -394,17 +429,21 @@ func (r *soakReport) markdown(w io.Writer) {
 	}
 	fmt.Fprintf(w, "One Portcullis forward-auth process on %s; %s; go generator, %d connections.\n\n", store, where, o.conns)
 
-	fmt.Fprintf(w, "Peak: closed loop for %s reached %.0f req/s (p99 %s ms), the ceiling; paced probes of %s from there down in steps of 10%%, "+
-		"sustained = %.0f%% of the rate achieved with p99 ≤ %s (latency from when each request was due):\n\n",
-		o.soakProbe, r.ceiling.rps(), ms(r.ceiling.p99), o.soakProbe, 100*probeAchieved, o.soakPeakP99)
-	if len(r.probes) > 0 {
-		fmt.Fprintln(w, "| paced rate | achieved req/s | p50 ms | p99 ms | sustained |")
-		fmt.Fprintln(w, "|---:|---:|---:|---:|---|")
-		for _, p := range r.probes {
-			fmt.Fprintf(w, "| %.0f | %.0f | %s | %s | %v |\n", p.rate, p.p.rps(), ms(p.p.p50), ms(p.p.p99), p.sustained)
-		}
-		fmt.Fprintln(w)
+	fmt.Fprintf(w, "Peak: the closed loop for %s is the ceiling; then paced probes of %s from there down in steps of 10%%, "+
+		"sustained = %.0f%% of the rate achieved with p99 ≤ %s (latency from when each request was due). "+
+		"CPU in %% of one CPU; \"others\" is what other processes took of the server's CPUs (of all CPUs when not pinned):\n\n",
+		o.soakProbe, o.soakProbe, 100*probeAchieved, o.soakPeakP99)
+	fmt.Fprintln(w, "| run | achieved req/s | p50 ms | p99 ms | server CPU % | generator CPU % | others % | sustained |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---|")
+	row := func(name string, p phase, u cpuUse, verdict string) {
+		fmt.Fprintf(w, "| %s | %.0f | %s | %s | %.0f | %.0f | %.0f | %s |\n", name, p.rps(), ms(p.p50), ms(p.p99),
+			pct(u.server, p.elapsed), pct(u.gen, p.elapsed), pct(u.others, p.elapsed), verdict)
 	}
+	row("closed loop (ceiling)", r.ceiling, r.ceilingCPU, "–")
+	for _, p := range r.probes {
+		row(fmt.Sprintf("paced at %.0f", p.rate), p.p, p.cpu, fmt.Sprint(p.sustained))
+	}
+	fmt.Fprintln(w)
 	if r.peak == 0 {
 		return
 	}
@@ -413,19 +452,19 @@ func (r *soakReport) markdown(w io.Writer) {
 		o.soak, r.rate, 100*o.soakLoad, r.peak, o.soakTrickle, r.trickleErr, o.soakInterval)
 
 	if len(r.minutes) > 0 {
-		fmt.Fprintln(w, "| minute | req/s | p50 ms | p99 ms | server CPU % |")
-		fmt.Fprintln(w, "|---:|---:|---:|---:|---:|")
-		var srvCPU time.Duration
+		fmt.Fprintln(w, "| minute | req/s | p50 ms | p99 ms | server CPU % | generator CPU % | etcd CPU % | others % |")
+		fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|")
 		for i, mn := range r.minutes {
-			srvCPU += mn.serverCPU
-			fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f |\n", i+1, mn.p.rps(), ms(mn.p.p50), ms(mn.p.p99), 100*mn.serverCPU.Seconds()/mn.p.elapsed.Seconds())
+			u, el := mn.cpu, mn.p.elapsed
+			etcdCPU := "–" // inside the server
+			if o.soakStore == storeExternal {
+				etcdCPU = fmt.Sprintf("%.0f", pct(u.etcd, el))
+			}
+			fmt.Fprintf(w, "| %d | %.0f | %s | %s | %.0f | %.0f | %s | %.0f |\n", i+1, mn.p.rps(), ms(mn.p.p50), ms(mn.p.p99),
+				pct(u.server, el), pct(u.gen, el), etcdCPU, pct(u.others, el))
 		}
 		lo, med, hi := r.p99Spread()
-		fmt.Fprintf(w, "\nCPU over the soak, in %% of one CPU: server %.0f%%, generator %.0f%%", 100*srvCPU.Seconds()/r.wall.Seconds(), 100*r.genCPU.Seconds()/r.wall.Seconds())
-		if o.soakStore == storeExternal {
-			fmt.Fprintf(w, ", etcd %.0f%%", 100*r.etcdCPU.Seconds()/r.wall.Seconds())
-		}
-		fmt.Fprintf(w, ".\n\n- p99 per minute: min %.2f ms, median %.2f ms, max %.2f ms; max/min ×%.2f, max/median ×%.2f: %s (stable: max/median ≤ %.1f).\n",
+		fmt.Fprintf(w, "\n- p99 per minute: min %.2f ms, median %.2f ms, max %.2f ms; max/min ×%.2f, max/median ×%.2f: %s (stable: max/median ≤ %.1f).\n",
 			lo, med, hi, hi/max(lo, 1e-9), hi/max(med, 1e-9), verdict(hi <= stableRatio*med, "stable", "not stable"), stableRatio)
 	}
 	if len(r.samples) > 0 {
