@@ -113,7 +113,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.scale.conns, "scale-conns", 4, "scale: connections of the cold and warm phases")
 	fs.IntVar(&o.scale.workers, "scale-workers", 64, "scale: concurrent writers of the bulk load")
 	fs.DurationVar(&o.scale.compare, "scale-compare", 20*time.Second, "scale: side-by-side rounds at the last step, in all (0: off)")
-	fs.Float64Var(&o.soakLoad, "soak-load", 0.8, "soak mode: fraction of the measured peak throughput to hold")
+	fs.Float64Var(&o.soakLoad, "soak-load", 0.8, "soak mode: fraction of the paced peak (see -soak-peak-p99) to hold")
 	fs.DurationVar(&o.soakTrickle, "soak-trickle", 100*time.Millisecond, "soak mode: one write (grant added/removed, token issued/revoked) per interval (0: none)")
 	fs.StringVar(&o.soakStore, "soak-store", storeExternal, "soak mode: external (an etcd process on PATH, so Portcullis's memory is its own) or embedded (etcd inside the server, as `portcullis serve` runs by default)")
 	pin := fs.String("soak-pin", pinAuto, "soak mode: auto (with 2+ CPUs and taskset: server on the lower half of the CPUs, generator and etcd on the upper), off, or SERVER_CPUS:GENERATOR_CPUS such as 0:1")

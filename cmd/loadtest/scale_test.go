@@ -144,14 +144,14 @@ func TestSoakShort(t *testing.T) {
 		t.Errorf("%d samples, want at least 5 (idle before, every 5s under load, idle after)", len(rep.samples))
 	}
 	for _, s := range rep.samples {
-		if s.rss <= 0 || s.heap <= 0 || s.goroutines <= 0 || s.openFDs <= 0 || (s.etcdRSS > 0) != external {
+		if s.rss <= 0 || s.heap <= 0 || s.heapGoal <= 0 || s.goroutines <= 0 || s.openFDs <= 0 || (s.etcdRSS > 0) != external {
 			t.Errorf("sample %+v", s)
 		}
 	}
 	var out bytes.Buffer
 	rep.markdown(&out)
 	t.Log("\n" + out.String())
-	for _, want := range []string{"0 write errors", "p99 per minute: min", "- heap in use MiB: ", "- open fds: "} {
+	for _, want := range []string{"0 write errors", "p99 per minute: min", "- heap in use MiB: ", "- GC heap goal MiB: ", "- open fds: "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
@@ -256,5 +256,33 @@ func TestSlopeAndDrift(t *testing.T) {
 	}
 	if got := slope([]float64{1}, []float64{5}); got != 0 {
 		t.Errorf("slope of one point = %v", got)
+	}
+}
+
+// TestPinPlan: without taskset on PATH, auto runs unpinned and says why,
+// an explicit -soak-pin fails naming taskset; off never pins; CPUs this
+// process may not use are refused.
+func TestPinPlan(t *testing.T) {
+	allowed, err := allowedCPUs("/proc/self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	explicit := pinSpec{server: cpuSet{0}, gen: cpuSet{1}}
+	if p, err := (pinSpec{mode: pinOff}).plan(); err != nil || p.on() {
+		t.Errorf("off: %+v, %v", p, err)
+	}
+	if _, lookErr := exec.LookPath("taskset"); lookErr == nil {
+		if _, err := (pinSpec{server: cpuSet{0}, gen: cpuSet{maxCPU - 1}}).plan(); err == nil || !strings.Contains(err.Error(), "may only use CPUs") {
+			t.Errorf("CPU %d outside %s: err %v", maxCPU-1, allowed, err)
+		}
+	}
+	t.Setenv("PATH", t.TempDir())
+	if p, err := (pinSpec{mode: pinAuto}).plan(); err != nil || p.on() || p.why == "" {
+		t.Errorf("auto without taskset: %+v, %v", p, err)
+	} else if len(allowed) >= 2 && !strings.Contains(p.why, "taskset") {
+		t.Errorf("auto without taskset on %s CPUs: why %q", allowed, p.why)
+	}
+	if _, err := explicit.plan(); err == nil || !strings.Contains(err.Error(), "taskset") {
+		t.Errorf("explicit without taskset: err %v", err)
 	}
 }

@@ -42,6 +42,7 @@ type soakSample struct {
 	at         time.Duration
 	rss        int64 // Portcullis's VmRSS
 	heap       int64 // go_memstats_heap_inuse_bytes from its /metrics
+	heapGoal   int64 // go_memstats_next_gc_bytes: (1+GOGC/100)× the heap live after the last GC
 	etcdRSS    int64 // the external etcd's VmRSS (0: embedded)
 	goroutines int64 // go_goroutines from its /metrics
 	openFDs    int64 // process_open_fds from its /metrics
@@ -311,11 +312,12 @@ func (s *soakSample) read(ctx context.Context, px *child, etcd *etcdProcess) err
 			return fmt.Errorf("etcd: %w", err)
 		}
 	}
-	m, err := scrapeMetrics(ctx, px.metrics, "go_memstats_heap_inuse_bytes", "go_goroutines", "process_open_fds")
+	m, err := scrapeMetrics(ctx, px.metrics, "go_memstats_heap_inuse_bytes", "go_memstats_next_gc_bytes", "go_goroutines", "process_open_fds")
 	if err != nil {
 		return err
 	}
-	s.heap, s.goroutines, s.openFDs = int64(m["go_memstats_heap_inuse_bytes"]), int64(m["go_goroutines"]), int64(m["process_open_fds"])
+	s.heap, s.heapGoal = int64(m["go_memstats_heap_inuse_bytes"]), int64(m["go_memstats_next_gc_bytes"])
+	s.goroutines, s.openFDs = int64(m["go_goroutines"]), int64(m["process_open_fds"])
 	return nil
 }
 
@@ -464,28 +466,36 @@ func (r *soakReport) markdown(w io.Writer) {
 				pct(u.server, el), pct(u.gen, el), etcdCPU, pct(u.others, el))
 		}
 		lo, med, hi := r.p99Spread()
+		var others, wall time.Duration
+		for _, mn := range r.minutes {
+			others, wall = others+mn.cpu.others, wall+mn.p.elapsed
+		}
+		if p := pct(others, wall); p > 10 {
+			fmt.Fprintf(w, "\n**Other processes took %.0f%% of the server's CPUs over the soak**: latency and peak here reflect the neighbours as much as Portcullis; repeat on an idle machine before quoting them.\n", p)
+		}
 		fmt.Fprintf(w, "\n- p99 per minute: min %.2f ms, median %.2f ms, max %.2f ms; max/min ×%.2f, max/median ×%.2f: %s (stable: max/median ≤ %.1f).\n",
 			lo, med, hi, hi/max(lo, 1e-9), hi/max(med, 1e-9), verdict(hi <= stableRatio*med, "stable", "not stable"), stableRatio)
 	}
 	if len(r.samples) > 0 {
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| at | heap in use MiB | Portcullis RSS MiB | etcd RSS MiB | goroutines | open fds |")
-		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|")
-		var at, heap, rs, es, gs, fs []float64
+		fmt.Fprintln(w, "| at | heap in use MiB | GC heap goal MiB | Portcullis RSS MiB | etcd RSS MiB | goroutines | open fds |")
+		fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
+		var at, heap, goal, rs, es, gs, fs []float64
 		for _, s := range r.samples {
 			when := s.at.Round(time.Second).String()
 			if s.idle {
 				when += " (idle)"
 			} else {
 				at = append(at, s.at.Minutes())
-				heap, rs, es = append(heap, float64(s.heap)/(1<<20)), append(rs, float64(s.rss)/(1<<20)), append(es, float64(s.etcdRSS)/(1<<20))
+				heap, goal = append(heap, float64(s.heap)/(1<<20)), append(goal, float64(s.heapGoal)/(1<<20))
+				rs, es = append(rs, float64(s.rss)/(1<<20)), append(es, float64(s.etcdRSS)/(1<<20))
 				gs, fs = append(gs, float64(s.goroutines)), append(fs, float64(s.openFDs))
 			}
 			etcdRSS := "–"
 			if o.soakStore == storeExternal {
 				etcdRSS = mib(s.etcdRSS)
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %d |\n", when, mib(s.heap), mib(s.rss), etcdRSS, s.goroutines, s.openFDs)
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %d | %d |\n", when, mib(s.heap), mib(s.heapGoal), mib(s.rss), etcdRSS, s.goroutines, s.openFDs)
 		}
 		fmt.Fprintf(w, "\nUnder load (%d samples), mean of the first quarter → mean of the last quarter, and the least-squares slope; flat: last ≤ ×%.2f of first.\n\n", len(at), flatRatio)
 		series := []struct {
@@ -493,7 +503,8 @@ func (r *soakReport) markdown(w io.Writer) {
 			v    []float64
 			note string
 		}{
-			{"heap in use MiB", heap, ""},
+			{"heap in use MiB", heap, " (a sawtooth between GCs: sampled at random points of it)"},
+			{"GC heap goal MiB", goal, " (twice the heap live after the last GC at GOGC 100: the retained memory)"},
 			{"Portcullis RSS MiB", rs, ""},
 			{"etcd RSS MiB", es, " (the store, not Portcullis: informational)"},
 			{"goroutines", gs, ""},
