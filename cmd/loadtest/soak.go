@@ -133,6 +133,7 @@ type soakReport struct {
 // with an error.
 func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 	rep := &soakReport{started: time.Now(), machine: readMachine(), opts: opts}
+	defer func() { rep.endAvg = readMachine().loadAvg }()
 	pin, err := opts.soakPin.plan()
 	if err != nil {
 		return rep, err
@@ -249,7 +250,6 @@ func runSoak(ctx context.Context, opts options) (*soakReport, error) {
 	time.Sleep(time.Second) // let the closed connections go
 	sample(ctx, true)       // the final reading, after the load
 	rep.trickleErr = strings.Count(px.log.String(), "trickle write failed")
-	rep.endAvg = readMachine().loadAvg
 	mu.Lock()
 	defer mu.Unlock()
 	if sampErr != nil {
@@ -297,8 +297,12 @@ func findPeak(ctx context.Context, opts options, m meter, addr string, req reque
 		}
 		r *= probeStep
 	}
-	return fmt.Errorf("no paced probe from %.0f down to %.0f req/s achieved %.0f%% of its rate with p99 ≤ %s: the CPUs are too busy (or raise -soak-peak-p99)",
-		rep.probes[0].rate, rep.probes[len(rep.probes)-1].rate, 100*probeAchieved, opts.soakPeakP99)
+	var others, wall time.Duration
+	for _, p := range rep.probes {
+		others, wall = others+p.cpu.others, wall+p.p.elapsed
+	}
+	return fmt.Errorf("no paced probe from %.0f down to %.0f req/s achieved %.0f%% of its rate with p99 ≤ %s; other processes took %.0f%% of the server's CPUs meanwhile: free the CPUs (or raise -soak-peak-p99)",
+		rep.probes[0].rate, rep.probes[len(rep.probes)-1].rate, 100*probeAchieved, opts.soakPeakP99, pct(others, wall))
 }
 
 // read takes one sample of the Portcullis child and of etcd (nil: embedded).
