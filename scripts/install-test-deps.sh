@@ -11,6 +11,7 @@ set -eu
 PACKAGES="
 etcd-server
 etcd-client
+util-linux
 nginx
 chromium
 prometheus

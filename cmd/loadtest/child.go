@@ -81,7 +81,8 @@ func serveBench(args []string) error {
 	upstream := fs.String("upstream", "", "upstream URL (stdproxy; portcullis reverse proxy)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	var pc portcullisOptions
-	etcd := fs.String("etcd", "", "portcullis: comma-separated endpoints of an external etcd instead of an embedded one; nothing is seeded")
+	etcd := fs.String("etcd", "", "portcullis: comma-separated endpoints of an external etcd instead of an embedded one; nothing is seeded unless -seed")
+	fs.BoolVar(&pc.seed, "seed", false, "portcullis with -etcd: seed the user alice as on the embedded etcd (an empty store)")
 	metrics := fs.Bool("metrics", false, "serve /metrics (with the Go and process collectors, as `portcullis serve` does) on a second listener")
 	fs.Int64Var(&pc.cacheMaxCost, "cache-max-cost", 0, "portcullis: authz cache size in bytes (0: the default)")
 	fs.DurationVar(&pc.trickle, "trickle", 0, "portcullis: every interval, one write through the authz service (grant added or removed, token issued or revoked)")
@@ -91,8 +92,11 @@ func serveBench(args []string) error {
 	if *etcd != "" {
 		pc.etcd = strings.Split(*etcd, ",")
 	}
-	if pc.trickle > 0 && pc.etcd != nil {
-		return errors.New("-trickle writes for the seeded user: it needs the embedded etcd")
+	if pc.etcd == nil {
+		pc.seed = true // the embedded etcd starts empty
+	}
+	if pc.trickle > 0 && !pc.seed {
+		return errors.New("-trickle writes for the seeded user: it needs the embedded etcd or -seed")
 	}
 	reg := prometheus.NewRegistry()
 	if *metrics {
@@ -249,17 +253,18 @@ func (b *bufferPool) Put(buf []byte) { b.p.Put(&buf) }
 type portcullisOptions struct {
 	upstream     *url.URL // reverse proxy to it; nil: the API with forward-auth only
 	registry     *prometheus.Registry
-	etcd         []string      // external etcd; nil: an embedded one, seeded with alice
+	etcd         []string      // external etcd; nil: an embedded one
+	seed         bool          // seed alice (always with the embedded etcd)
 	cacheMaxCost int64         // 0: authz's default
 	trickle      time.Duration // 0: no background writes
 }
 
 // portcullis starts the authz service with its store watch and the HTTP
 // server (a reverse proxy to o.upstream when it is set). Without o.etcd it
-// runs an embedded etcd in a temporary directory and seeds a user alice
-// holding projects/p1#write with one API token, returned as token; with
-// o.etcd it uses that etcd as it is (the parent seeded it). closeFn stops
-// everything and removes the directory.
+// runs an embedded etcd in a temporary directory. With o.seed it seeds a
+// user alice holding projects/p1#write with one API token, returned as
+// token; otherwise it uses the store as it is (the parent seeded it).
+// closeFn stops everything and removes the directory.
 func portcullis(ctx context.Context, log *slog.Logger, o portcullisOptions) (h http.Handler, token string, closeFn func(), err error) {
 	var closers []func()
 	closeFn = func() {
@@ -323,7 +328,7 @@ func portcullis(ctx context.Context, log *slog.Logger, o portcullisOptions) (h h
 		return nil, "", closeFn, errors.New("authz service: store watch not current after 30s")
 	}
 
-	if o.etcd == nil {
+	if o.seed {
 		u, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "alice", Email: "alice@example.com", Password: "alicepassword"}, false)
 		if err != nil {
 			return nil, "", closeFn, fmt.Errorf("create user: %w", err)

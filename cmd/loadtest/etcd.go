@@ -32,6 +32,12 @@ type etcdProcess struct {
 // startEtcd starts the etcd on PATH and waits until it serves
 // linearizable reads.
 func startEtcd(ctx context.Context) (*etcdProcess, error) {
+	return startEtcdOn(ctx, nil)
+}
+
+// startEtcdOn is startEtcd on the CPUs cpus (nil: anywhere), started
+// through taskset.
+func startEtcdOn(ctx context.Context, cpus cpuSet) (*etcdProcess, error) {
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, fmt.Errorf("etcd not on PATH (scripts/install-test-deps.sh installs etcd-server): %w", err)
@@ -48,7 +54,7 @@ func startEtcd(ctx context.Context) (*etcdProcess, error) {
 	client := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	peer := "http://127.0.0.1:" + strconv.Itoa(ports[1])
 	p := &etcdProcess{dir: dir, endpoint: client, log: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin,
+	p.cmd = tasksetCommand(cpus, bin,
 		"--name=loadtest",
 		"--data-dir="+filepath.Join(dir, "data"),
 		"--listen-client-urls="+client,
@@ -89,6 +95,12 @@ func startEtcd(ctx context.Context) (*etcdProcess, error) {
 		rctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		_, err := c.Get(rctx, "loadtest-ready")
 		cancel()
+		if err == nil && cpus != nil {
+			if err := checkAffinity(p.pid(), cpus); err != nil {
+				p.stop()
+				return nil, fmt.Errorf("etcd: %w", err)
+			}
+		}
 		if err == nil {
 			return p, nil
 		}

@@ -38,6 +38,10 @@ type options struct {
 	scale       scaleOptions
 	soakLoad    float64       // soak mode: fraction of peak
 	soakTrickle time.Duration // soak mode: write interval
+	soakStore   string        // soak mode: storeExternal or storeEmbedded
+	soakPin     pinSpec       // soak mode: CPUs of the server and of the generator
+	soakProbe   time.Duration // soak mode: the closed-loop ceiling run and each paced probe
+	soakPeakP99 time.Duration // soak mode: a paced probe with a higher p99 is not sustained
 }
 
 // child is one server process.
@@ -57,11 +61,17 @@ func (c *child) pid() int { return c.cmd.Process.Pid }
 // startChild runs this binary in serve-bench mode and waits for its ready
 // line.
 func startChild(ctx context.Context, name string, args ...string) (*child, error) {
+	return startChildOn(ctx, nil, name, args...)
+}
+
+// startChildOn is startChild on the CPUs cpus (nil: wherever the
+// scheduler likes), started through taskset and checked once it is ready.
+func startChildOn(ctx context.Context, cpus cpuSet, name string, args ...string) (*child, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, append([]string{serveBenchCmd}, args...)...)
+	cmd := tasksetCommand(cpus, exe, append([]string{serveBenchCmd}, args...)...)
 	c := &child{name: name, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stderr = c.log
 	if c.stdin, err = cmd.StdinPipe(); err != nil {
@@ -92,6 +102,12 @@ func startChild(ctx context.Context, name string, args ...string) (*child, error
 			return nil, fmt.Errorf("%s did not start: %q\n%s", name, b, c.log.String())
 		}
 		c.addr, c.token, c.metrics = r.Addr, r.Token, r.Metrics
+		if cpus != nil {
+			if err := checkAffinity(c.pid(), cpus); err != nil {
+				c.stop()
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+		}
 		return c, nil
 	case <-time.After(90 * time.Second):
 		c.stop()

@@ -15,7 +15,8 @@
 //	go run ./cmd/loadtest -duration 20s -gen wrk      # scripts/bench-deps.sh installs wrk
 //	go run ./cmd/loadtest -duration 5s -soak 5m       # RSS of Portcullis under a long run
 //	go run ./cmd/loadtest -mode scale                 # 1k, 100k, 1M grants on an external etcd
-//	go run ./cmd/loadtest -mode soak -soak 10m        # 80% of peak with a trickle of writes
+//	go run ./cmd/loadtest -mode soak -soak 10m        # 80% of the paced peak with a trickle of writes;
+//	                                                  # server and generator on separate CPUs, external etcd
 //
 // The report, a Markdown table, goes to standard output; progress goes to
 // standard error. Linux only (/proc).
@@ -112,8 +113,12 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.scale.conns, "scale-conns", 4, "scale: connections of the cold and warm phases")
 	fs.IntVar(&o.scale.workers, "scale-workers", 64, "scale: concurrent writers of the bulk load")
 	fs.DurationVar(&o.scale.compare, "scale-compare", 20*time.Second, "scale: side-by-side rounds at the last step, in all (0: off)")
-	fs.Float64Var(&o.soakLoad, "soak-load", 0.8, "soak mode: fraction of the measured peak throughput to hold")
+	fs.Float64Var(&o.soakLoad, "soak-load", 0.8, "soak mode: fraction of the paced peak (see -soak-peak-p99) to hold")
 	fs.DurationVar(&o.soakTrickle, "soak-trickle", 100*time.Millisecond, "soak mode: one write (grant added/removed, token issued/revoked) per interval (0: none)")
+	fs.StringVar(&o.soakStore, "soak-store", storeExternal, "soak mode: external (an etcd process on PATH, so Portcullis's memory is its own) or embedded (etcd inside the server, as `portcullis serve` runs by default)")
+	pin := fs.String("soak-pin", pinAuto, "soak mode: auto (with 2+ CPUs and taskset: server on the lower half of the CPUs, generator and etcd on the upper), off, or SERVER_CPUS:GENERATOR_CPUS such as 0:1")
+	fs.DurationVar(&o.soakProbe, "soak-probe", 10*time.Second, "soak mode: length of the closed-loop ceiling run and of each paced probe that finds the peak")
+	fs.DurationVar(&o.soakPeakP99, "soak-peak-p99", 20*time.Millisecond, "soak mode: the peak is the highest paced rate achieved with p99 at most this")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -147,6 +152,16 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.soakLoad <= 0 || o.soakLoad > 1 {
 		errs = append(errs, errors.New("-soak-load must be in (0, 1]"))
+	}
+	if o.soakStore != storeExternal && o.soakStore != storeEmbedded {
+		errs = append(errs, fmt.Errorf("-soak-store %q: want %s or %s", o.soakStore, storeExternal, storeEmbedded))
+	}
+	var err error
+	if o.soakPin, err = parsePinSpec(*pin); err != nil {
+		errs = append(errs, err)
+	}
+	if o.soakProbe < time.Second || o.soakPeakP99 <= 0 {
+		errs = append(errs, errors.New("-soak-probe must be at least 1s and -soak-peak-p99 positive"))
 	}
 	if o.soakTrickle < 0 || (o.soakTrickle > 0 && o.soakTrickle < 10*time.Millisecond) {
 		errs = append(errs, errors.New("-soak-trickle must be 0 or at least 10ms"))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,4 +67,37 @@ func rss(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("%s: no VmRSS", path)
+}
+
+// busyTime is the time the CPUs in set (nil: all) spent on anything but
+// idle and I/O wait since boot, from the per-CPU lines of /proc/stat
+// (steal included: the hypervisor gave that time to someone else).
+func busyTime(set cpuSet) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	var busy int64
+	for line := range strings.SplitSeq(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 9 || !strings.HasPrefix(f[0], "cpu") || f[0] == "cpu" {
+			continue
+		}
+		n, err := strconv.Atoi(f[0][3:])
+		if err != nil || (set != nil && !slices.Contains(set, n)) {
+			continue
+		}
+		// user nice system idle iowait irq softirq steal
+		for i, v := range f[1:9] {
+			if i == 3 || i == 4 {
+				continue
+			}
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/stat: %q", line)
+			}
+			busy += x
+		}
+	}
+	return time.Duration(busy) * time.Second / clockTick, nil
 }
