@@ -822,7 +822,7 @@ func (s *Service) authorizationCodeGrant(ctx context.Context, req TokenRequest) 
 		return resp, nil
 	}
 	if rerr := s.revokeIssued(ctx, ac.Subject, issued); rerr != nil {
-		return TokenResponse{}, fmt.Errorf("revoke the tokens of a replayed authorization code: %w", rerr)
+		return TokenResponse{}, fmt.Errorf("revoke the tokens of an authorization code: %w", rerr)
 	}
 	if !errors.Is(err, ErrConflict) && !isNotFound(err) {
 		// Unrecorded tokens could not be revoked by a later replay: none
@@ -848,7 +848,10 @@ func (s *Service) authCodeReuse(ctx context.Context, digest, clientID string) er
 	if err := s.revokeIssued(ctx, used.Subject, issuedTokens{access: used.Access, family: used.Family}); err != nil {
 		return fmt.Errorf("revoke the tokens of a replayed authorization code: %w", err)
 	}
+	// recorded=false: the redemption had not named its tokens yet; it
+	// revokes them itself when it tries.
 	s.log.Warn("authorization code reuse detected; the tokens issued for it are revoked",
-		"subject", used.Subject, "client_id", used.ClientID, "presented_by", clientID)
+		"subject", used.Subject, "client_id", used.ClientID, "presented_by", clientID,
+		"recorded", used.Access != nil || used.Family != "")
 	return oauthError("invalid_grant", "authorization code was already used; every token issued for it is revoked")
 }
