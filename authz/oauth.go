@@ -377,20 +377,35 @@ func (s *Service) passwordGrant(ctx context.Context, req TokenRequest) (TokenRes
 // token) and, with refresh, a refresh token of a new family (family == "")
 // or of the given one.
 func (s *Service) issueTokens(ctx context.Context, subject string, scopes []string, clientID, family string, loginToken, refresh bool) (TokenResponse, error) {
+	resp, _, err := s.issueNamed(ctx, subject, scopes, clientID, family, loginToken, refresh)
+	return resp, err
+}
+
+// issuedTokens names what a token response handed out, without secrets,
+// so that it can be revoked later.
+type issuedTokens struct {
+	access *IssuedAccess
+	family string // the new refresh token's family; "" without one
+}
+
+// issueNamed is issueTokens that also names what it issued.
+func (s *Service) issueNamed(ctx context.Context, subject string, scopes []string, clientID, family string, loginToken, refresh bool) (TokenResponse, issuedTokens, error) {
 	resp, info, err := s.issueAccess(ctx, subject, scopes, clientID, loginToken)
 	if err != nil {
-		return TokenResponse{}, err
+		return TokenResponse{}, issuedTokens{}, err
 	}
+	issued := issuedTokens{access: issuedAccess(info)}
 	if refresh && family == "" {
 		secret, rec := s.newRefreshToken(subject, scopes, clientID, "")
-		rec.Access = issuedAccess(info)
+		rec.Access = issued.access
 		rev, err := s.store.CreateToken(ctx, rec)
 		if err != nil {
-			return TokenResponse{}, fmt.Errorf("create refresh token: %w", err)
+			return TokenResponse{}, issuedTokens{}, fmt.Errorf("create refresh token: %w", err)
 		}
 		resp.RefreshToken, resp.Revision = secret, max(resp.Revision, rev)
+		issued.family = rec.Family
 	}
-	return resp, nil
+	return resp, issued, nil
 }
 
 // issueAccess issues the access token of a token response: a session
@@ -538,10 +553,9 @@ func (s *Service) revokeFamilyAccess(ctx context.Context, subject, family string
 			continue
 		}
 		if a.Type == TokenTypeSession {
-			if _, err := s.store.RevokeSession(ctx, a.ID, a.ExpiresAt); err != nil {
+			if err := s.revokeAccess(ctx, *a); err != nil {
 				return err
 			}
-			s.gens.bump(slotSession, a.ID)
 			continue
 		}
 		for _, st := range toks {
@@ -557,6 +571,55 @@ func (s *Service) revokeFamilyAccess(ctx context.Context, subject, family string
 		for _, st := range stored {
 			s.gens.bump(slotToken, st.Digest)
 		}
+	}
+	return nil
+}
+
+// revokeAccess revokes one access token: a session JWT by remembering
+// its jti as revoked, a stored token by deleting it. Tokens already
+// expired or gone need nothing.
+func (s *Service) revokeAccess(ctx context.Context, a IssuedAccess) error {
+	if !s.now().Before(a.ExpiresAt) {
+		return nil
+	}
+	if a.Type == TokenTypeSession {
+		if _, err := s.store.RevokeSession(ctx, a.ID, a.ExpiresAt); err != nil {
+			return err
+		}
+		s.gens.bump(slotSession, a.ID)
+		return nil
+	}
+	t, err := s.store.TokenByID(ctx, a.ID)
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := s.store.DeleteTokens(ctx, []TokenRecord{t}); err != nil {
+		return err
+	}
+	s.gens.bump(slotToken, t.Digest)
+	return nil
+}
+
+// revokeIssued revokes the access token and the refresh-token family
+// (every refresh token rotated from it, and their access tokens) that one
+// grant issued to subject.
+func (s *Service) revokeIssued(ctx context.Context, subject string, issued issuedTokens) error {
+	if issued.access != nil {
+		if err := s.revokeAccess(ctx, *issued.access); err != nil {
+			return fmt.Errorf("revoke access token: %w", err)
+		}
+	}
+	if issued.family == "" {
+		return nil
+	}
+	if err := s.revokeFamilyAccess(ctx, subject, issued.family); err != nil {
+		return fmt.Errorf("revoke access tokens of a refresh token family: %w", err)
+	}
+	if _, err := s.store.RevokeFamily(ctx, subject, issued.family); err != nil {
+		return fmt.Errorf("revoke refresh token family: %w", err)
 	}
 	return nil
 }
@@ -710,10 +773,12 @@ func (s *Service) authorizationCodeGrant(ctx context.Context, req TokenRequest) 
 		return TokenResponse{}, oauthError("invalid_grant", "a PKCE code_verifier of 43 to 128 characters is required")
 	}
 	// Taking the code consumes it, whatever happens next: a code is never
-	// good for a second try.
-	ac, err := s.store.TakeAuthCode(ctx, digestOf(req.Code).hex())
+	// good for a second try. The store remembers it as used, so that a
+	// second try revokes what the first one got.
+	digest := digestOf(req.Code).hex()
+	ac, err := s.store.TakeAuthCode(ctx, digest)
 	if isNotFound(err) {
-		return TokenResponse{}, oauthError("invalid_grant", "authorization code is invalid, expired or already used")
+		return TokenResponse{}, s.authCodeReuse(ctx, digest, client.ID)
 	}
 	if err != nil {
 		return TokenResponse{}, fmt.Errorf("take authorization code: %w", err)
@@ -740,5 +805,53 @@ func (s *Service) authorizationCodeGrant(ctx context.Context, req TokenRequest) 
 		}
 	}
 	refresh := slices.Contains(client.GrantTypes, GrantRefreshToken)
-	return s.issueTokens(ctx, ac.Subject, ac.Scopes, client.ID, "", false, refresh)
+	resp, issued, err := s.issueNamed(ctx, ac.Subject, ac.Scopes, client.ID, "", false, refresh)
+	if err != nil {
+		return TokenResponse{}, err
+	}
+	// Name what was issued on the used code, for a replay to revoke. The
+	// write fails if a replay marked the code in between, before there was
+	// anything for it to revoke: then this redemption revokes its own
+	// tokens. It still answers with them, dead as they are: it did win the
+	// code, and of concurrent redemptions exactly one succeeds, as with
+	// refresh tokens (refreshGrant), where the winner's tokens also die by
+	// the losers' hands. The client finds them refused and starts over,
+	// and nothing issued for a replayed code stays valid.
+	err = s.store.RecordAuthCodeIssue(ctx, digest, issued.family, issued.access)
+	if err == nil {
+		return resp, nil
+	}
+	if rerr := s.revokeIssued(ctx, ac.Subject, issued); rerr != nil {
+		return TokenResponse{}, fmt.Errorf("revoke the tokens of an authorization code: %w", rerr)
+	}
+	if !errors.Is(err, ErrConflict) && !isNotFound(err) {
+		// Unrecorded tokens could not be revoked by a later replay: none
+		// are handed out.
+		return TokenResponse{}, fmt.Errorf("record the tokens of an authorization code: %w", err)
+	}
+	s.log.Warn("authorization code replayed while it was being redeemed; the tokens issued for it are revoked",
+		"subject", ac.Subject, "client_id", client.ID)
+	return resp, nil
+}
+
+// authCodeReuse answers a code that cannot be taken. When the store
+// remembers it as used, somebody else holds a copy: the tokens issued for
+// it are revoked (RFC 6749 §4.1.2, RFC 9700 §4.5), whoever presents it.
+func (s *Service) authCodeReuse(ctx context.Context, digest, clientID string) error {
+	used, err := s.store.ReplayAuthCode(ctx, digest)
+	if isNotFound(err) {
+		return oauthError("invalid_grant", "authorization code is invalid, expired or already used")
+	}
+	if err != nil {
+		return fmt.Errorf("mark authorization code replayed: %w", err)
+	}
+	if err := s.revokeIssued(ctx, used.Subject, issuedTokens{access: used.Access, family: used.Family}); err != nil {
+		return fmt.Errorf("revoke the tokens of a replayed authorization code: %w", err)
+	}
+	// recorded=false: the redemption had not named its tokens yet; it
+	// revokes them itself when it tries.
+	s.log.Warn("authorization code reuse detected; the tokens issued for it are revoked",
+		"subject", used.Subject, "client_id", used.ClientID, "presented_by", clientID,
+		"recorded", used.Access != nil || used.Family != "")
+	return oauthError("invalid_grant", "authorization code was already used; every token issued for it is revoked")
 }

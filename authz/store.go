@@ -121,6 +121,30 @@ type AuthCode struct {
 	ExpiresAt     time.Time `json:"expires_at"`
 }
 
+// UsedAuthCodeRetention is how long a store remembers an authorization
+// code after it was taken (UsedAuthCode). It must outlive the code itself
+// (60 s) plus the few seconds a redemption takes between taking the code
+// and recording what it issued, so that every replay the code could still
+// be presented in is recognised; the margin beyond that also catches a
+// leaked code replayed minutes later. It costs one small key per
+// redemption.
+const UsedAuthCodeRetention = 10 * time.Minute
+
+// UsedAuthCode is what the store remembers of an authorization code once
+// it was taken, so that a second redemption can revoke what the first one
+// issued (RFC 6749 §4.1.2, RFC 9700 §4.5).
+type UsedAuthCode struct {
+	Subject  string `json:"subject"`
+	ClientID string `json:"client_id"`
+	// Family is the refresh-token family issued for the code; "" when no
+	// refresh token was issued (or not yet recorded).
+	Family string `json:"family,omitempty"`
+	// Access is the access token issued for the code; nil until recorded.
+	Access *IssuedAccess `json:"access,omitempty"`
+	// Replayed is set once the code was presented again after it was taken.
+	Replayed bool `json:"replayed,omitempty"`
+}
+
 // SigningKey is a session-JWT signing key shared by all replicas.
 type SigningKey struct {
 	ID        string `json:"kid"`
@@ -267,10 +291,25 @@ type Store interface {
 
 	// PutAuthCode stores an authorization code under its digest until c.ExpiresAt.
 	PutAuthCode(ctx context.Context, digest string, c AuthCode) error
-	// TakeAuthCode atomically reads and deletes the code: of several
+	// TakeAuthCode atomically reads and deletes the code and, in the same
+	// atomic write, remembers it as used for UsedAuthCodeRetention (a
+	// UsedAuthCode holding the code's subject and client id): of several
 	// concurrent calls exactly one gets it, the others get ErrNotFound, as
-	// does a call after the code expired.
+	// does a call after the code expired (which remembers nothing).
 	TakeAuthCode(ctx context.Context, digest string) (AuthCode, error)
+	// RecordAuthCodeIssue records, on the used code, the refresh-token
+	// family (may be "") and the access token (may be nil) its redemption
+	// issued. It is a compare-and-set against the record TakeAuthCode
+	// wrote: ErrConflict if anything wrote it since (ReplayAuthCode, or an
+	// earlier RecordAuthCodeIssue), ErrNotFound if there is no record.
+	RecordAuthCodeIssue(ctx context.Context, digest, family string, access *IssuedAccess) error
+	// ReplayAuthCode marks the used code as replayed and returns it
+	// (Replayed set); ErrNotFound if no code with that digest was taken
+	// within UsedAuthCodeRetention. Against a concurrent
+	// RecordAuthCodeIssue exactly one order holds: either the record
+	// returned names what was issued, or RecordAuthCodeIssue fails with
+	// ErrConflict.
+	ReplayAuthCode(ctx context.Context, digest string) (UsedAuthCode, error)
 
 	// TakeLoginAttempt counts one sign-in attempt against account (an
 	// opaque key without '/' chosen by authz), shared by every replica:

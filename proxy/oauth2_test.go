@@ -292,11 +292,18 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 	a.expect(a.do("POST", "/auth/tokens/verify?permission=users%23read", nil, bearer(tok.AccessToken)), 200, "code token")
 	a.expect(a.do("POST", "/auth/tokens/verify?permission=users%23write", nil, bearer(tok.AccessToken)), 403, "code token is bounded by its scope")
 
-	// Single use.
+	// Single use: presenting the code again revokes what it was redeemed
+	// for (RFC 6749 §4.1.2).
 	_, err = cfg.Exchange(ctx, q.Get("code"), oauth2.VerifierOption(verifier))
+	retrieveError(t, err, 400, "invalid_grant")
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=users%23read", nil, bearer(tok.AccessToken)), 401, "code token after the code's replay")
+	_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
 	retrieveError(t, err, 400, "invalid_grant")
 
 	// Refresh: rotation; the old refresh token replayed revokes the family.
+	if tok, err = cfg.Exchange(ctx, authorize("st-1b", verifier).Get("code"), oauth2.VerifierOption(verifier)); err != nil {
+		t.Fatal(err)
+	}
 	tok2, err := cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
 	if err != nil {
 		t.Fatal(err)

@@ -407,18 +407,54 @@ func TestAdversarialOAuth(t *testing.T) {
 		results := race(20, func() answer {
 			return o.grant(t, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "client_id": {pubID}, "redirect_uri": {redirect}, "code_verifier": {verifier}}, nil)
 		})
-		ok := 0
+		var won []tokenPair
 		for _, a := range results {
 			switch {
 			case a.status == 200:
-				ok++
+				var p tokenPair
+				_ = json.Unmarshal([]byte(a.body), &p)
+				won = append(won, p)
 			case a.status == 400 && a.oauthError() == "invalid_grant":
 			default:
 				t.Errorf("a racing redemption answered %d %s", a.status, a.body)
 			}
 		}
-		if ok != 1 {
-			t.Fatalf("%d of 20 racing redemptions succeeded, want exactly 1", ok)
+		if len(won) != 1 {
+			t.Fatalf("%d of 20 racing redemptions succeeded, want exactly 1", len(won))
+		}
+		if won[0].AccessToken == "" || won[0].RefreshToken == "" {
+			t.Fatalf("the winner got %+v, want an access and a refresh token", won[0])
+		}
+		// The losers were replays already, so the winner's tokens may be
+		// dead by now; after one more replay they must be (RFC 6749
+		// §4.1.2): its access token on every protected path, its refresh
+		// token at the token endpoint.
+		if a := o.grant(t, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "client_id": {pubID}, "redirect_uri": {redirect}, "code_verifier": {verifier}}, nil); a.status != 400 || a.oauthError() != "invalid_grant" {
+			t.Errorf("a replay after the race: %d %s", a.status, a.body)
+		}
+		refreshWith := func(rt string) answer {
+			return o.grant(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}, "client_id": {pubID}}, nil)
+		}
+		if a := refreshWith(won[0].RefreshToken); a.status != 400 || a.oauthError() != "invalid_grant" {
+			t.Errorf("the winner's refresh token after the replay: %d %q, want 400 invalid_grant", a.status, a.oauthError())
+		}
+		for _, path := range []string{"/users/me", "/app/x"} {
+			if a := o.send(t, "GET", path, nil, map[string]string{"Authorization": "Bearer " + won[0].AccessToken}); a.status != 401 {
+				t.Errorf("the winner's access token after the replay, GET %s: %d, want 401", path, a.status)
+			}
+		}
+		// The same checks pass for a code redeemed once: they fail for
+		// the replay's sake only.
+		fresh := o.code(t, alice.AccessToken, pubID, redirect, challenge)
+		var once tokenPair
+		o.top.call(t, 0, "POST", "/auth/oauth/token", "", url.Values{"grant_type": {"authorization_code"}, "code": {fresh}, "client_id": {pubID}, "redirect_uri": {redirect}, "code_verifier": {verifier}}, 200, &once)
+		for _, path := range []string{"/users/me", "/app/x"} {
+			if a := o.send(t, "GET", path, nil, map[string]string{"Authorization": "Bearer " + once.AccessToken}); a.status != 200 {
+				t.Errorf("a code redeemed once, GET %s: %d, want 200", path, a.status)
+			}
+		}
+		if a := refreshWith(once.RefreshToken); a.status != 200 {
+			t.Errorf("the refresh token of a code redeemed once: %d %q", a.status, a.oauthError())
 		}
 	})
 

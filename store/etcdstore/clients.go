@@ -100,28 +100,129 @@ func (s *Store) PutAuthCode(ctx context.Context, digest string, c authz.AuthCode
 	return nil
 }
 
-// TakeAuthCode implements authz.Store with one delete that returns the
-// deleted value: etcd serializes deletes, so exactly one caller gets it.
+// TakeAuthCode implements authz.Store with a read and a compare-and-set
+// transaction that deletes the code and creates its used-auth-codes/ record
+// (the record needs the code's subject and client, hence the read first).
+// etcd serializes the transactions, so exactly one caller gets the code.
 // A code past ExpiresAt is not returned even if its lease has not fired
-// yet (etcd expires leases on a timer, with a minimum TTL).
+// yet (etcd expires leases on a timer, with a minimum TTL); it is deleted
+// without a record, as nothing can have been issued for it.
 func (s *Store) TakeAuthCode(ctx context.Context, digest string) (authz.AuthCode, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()
-	resp, err := s.kv.Delete(ctx, authCodeKey(digest), clientv3.WithPrevKV())
+	const op = "take auth code"
+	key := authCodeKey(digest)
+	resp, err := s.kv.Get(ctx, key)
 	if err != nil {
-		return authz.AuthCode{}, s.fail(ctx, "take auth code", err)
+		return authz.AuthCode{}, s.fail(ctx, op, err)
 	}
-	if len(resp.PrevKvs) == 0 {
-		return authz.AuthCode{}, fmt.Errorf("take auth code: %w", authz.ErrNotFound)
+	if len(resp.Kvs) == 0 {
+		return authz.AuthCode{}, fmt.Errorf("%s: %w", op, authz.ErrNotFound)
 	}
 	var c authz.AuthCode
-	if err := decode(resp.PrevKvs[0].Value, &c, authCodeKey(digest)); err != nil {
+	if err := decode(resp.Kvs[0].Value, &c, key); err != nil {
 		return authz.AuthCode{}, err
 	}
+	taken := unchanged(key, resp.Kvs[0].ModRevision)
 	if !time.Now().Before(c.ExpiresAt) {
-		return authz.AuthCode{}, fmt.Errorf("take auth code: expired: %w", authz.ErrNotFound)
+		if _, err := s.commit(ctx, op, []clientv3.Cmp{taken}, []clientv3.Op{clientv3.OpDelete(key)}, nil); err != nil {
+			return authz.AuthCode{}, err
+		}
+		return authz.AuthCode{}, fmt.Errorf("%s: expired: %w", op, authz.ErrNotFound)
+	}
+	lease, err := s.grantLease(ctx, op, time.Now().Add(authz.UsedAuthCodeRetention))
+	if err != nil {
+		return authz.AuthCode{}, err
+	}
+	used := authz.UsedAuthCode{Subject: c.Subject, ClientID: c.ClientID}
+	txn, err := s.commit(ctx, op, []clientv3.Cmp{taken}, []clientv3.Op{
+		clientv3.OpDelete(key),
+		clientv3.OpPut(usedAuthCodeKey(digest), encode(used), clientv3.WithLease(lease)),
+	}, nil)
+	if err != nil {
+		s.dropLease(ctx, lease)
+		return authz.AuthCode{}, err
+	}
+	if !txn.Succeeded {
+		s.dropLease(ctx, lease)
+		return authz.AuthCode{}, fmt.Errorf("%s: taken by a concurrent call: %w", op, authz.ErrNotFound)
 	}
 	return c, nil
+}
+
+// RecordAuthCodeIssue implements authz.Store. TakeAuthCode creates the
+// record, so version 1 means nobody wrote it since; the put compares the
+// revision it read, so a replay marking it in between makes it fail.
+func (s *Store) RecordAuthCodeIssue(ctx context.Context, digest, family string, access *authz.IssuedAccess) error {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	const op = "record auth code issue"
+	key := usedAuthCodeKey(digest)
+	resp, err := s.kv.Get(ctx, key)
+	if err != nil {
+		return s.fail(ctx, op, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return fmt.Errorf("%s: %w", op, authz.ErrNotFound)
+	}
+	kv := resp.Kvs[0]
+	if kv.Version != 1 {
+		return fmt.Errorf("%s: the used code was written since it was taken: %w", op, authz.ErrConflict)
+	}
+	var u authz.UsedAuthCode
+	if err := decode(kv.Value, &u, key); err != nil {
+		return err
+	}
+	u.Family, u.Access = family, access
+	// The record keeps the lease TakeAuthCode gave it.
+	txn, err := s.commit(ctx, op, []clientv3.Cmp{unchanged(key, kv.ModRevision)},
+		[]clientv3.Op{clientv3.OpPut(key, encode(u), clientv3.WithIgnoreLease())}, nil)
+	if err != nil {
+		return err
+	}
+	if !txn.Succeeded {
+		return fmt.Errorf("%s: the used code was written concurrently: %w", op, authz.ErrConflict)
+	}
+	return nil
+}
+
+// ReplayAuthCode implements authz.Store with a compare-and-set loop: the
+// only other writer is RecordAuthCodeIssue, so after a lost race the
+// re-read record names what was issued.
+func (s *Store) ReplayAuthCode(ctx context.Context, digest string) (authz.UsedAuthCode, error) {
+	ctx, cancel := s.withTimeout(ctx)
+	defer cancel()
+	const op = "replay auth code"
+	key := usedAuthCodeKey(digest)
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		if err := backoff(ctx, attempt); err != nil {
+			return authz.UsedAuthCode{}, s.fail(ctx, op, err)
+		}
+		resp, err := s.kv.Get(ctx, key)
+		if err != nil {
+			return authz.UsedAuthCode{}, s.fail(ctx, op, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return authz.UsedAuthCode{}, fmt.Errorf("%s: %w", op, authz.ErrNotFound)
+		}
+		var u authz.UsedAuthCode
+		if err := decode(resp.Kvs[0].Value, &u, key); err != nil {
+			return authz.UsedAuthCode{}, err
+		}
+		if u.Replayed {
+			return u, nil
+		}
+		u.Replayed = true
+		txn, err := s.commit(ctx, op, []clientv3.Cmp{unchanged(key, resp.Kvs[0].ModRevision)},
+			[]clientv3.Op{clientv3.OpPut(key, encode(u), clientv3.WithIgnoreLease())}, nil)
+		if err != nil {
+			return authz.UsedAuthCode{}, err
+		}
+		if txn.Succeeded {
+			return u, nil
+		}
+	}
+	return authz.UsedAuthCode{}, fmt.Errorf("%s: gave up after %d lost races: %w", op, maxAttempts, authz.ErrConflict)
 }
 
 // SigningKeys implements authz.Store.

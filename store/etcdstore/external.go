@@ -41,7 +41,8 @@ func (s *Store) PutExternalLoginState(ctx context.Context, digest string, st aut
 }
 
 // TakeExternalLoginState implements authz.ExternalStore with one delete
-// that returns the deleted value, as TakeAuthCode does.
+// that returns the deleted value: etcd serializes deletes, so exactly one
+// caller gets it.
 func (s *Store) TakeExternalLoginState(ctx context.Context, digest string) (authz.ExternalLoginState, error) {
 	ctx, cancel := s.withTimeout(ctx)
 	defer cancel()

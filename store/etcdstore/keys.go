@@ -45,6 +45,12 @@ const (
 	pfxAuthCodes   = "auth-codes/"   // auth-codes/<digest>: authz.AuthCode, on a lease
 	pfxSigningKeys = "signing-keys/" // signing-keys/<kid>: authz.SigningKey
 
+	// used-auth-codes/<digest>: authz.UsedAuthCode, created in the same
+	// transaction that deletes auth-codes/<digest>, on a lease of
+	// authz.UsedAuthCodeRetention, so a replay can revoke what the code
+	// was redeemed for.
+	pfxUsedAuthCodes = "used-auth-codes/"
+
 	// login-attempts/<account>/<id>: loginAttempt, one per counted sign-in
 	// attempt, on a lease of one window.
 	pfxLoginAttempts = "login-attempts/"
@@ -72,6 +78,7 @@ func familyKey(family string) string        { return pfxFamilies + family }
 func sessionKey(jti string) string          { return pfxRevokedSessions + jti }
 func clientKey(id string) string            { return pfxClients + id }
 func authCodeKey(digest string) string      { return pfxAuthCodes + digest }
+func usedAuthCodeKey(digest string) string  { return pfxUsedAuthCodes + digest }
 func signingKeyKey(kid string) string       { return pfxSigningKeys + kid }
 func loginAttemptsOf(account string) string { return pfxLoginAttempts + account + "/" }
 func userSubject(id string) string          { return userSubjectPrefix + id }

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -111,6 +112,79 @@ func testAuthCodes(t *testing.T, newStore func(*testing.T) authz.Store) {
 		}
 		if wins != 1 {
 			t.Errorf("%d of %d concurrent takes got the code, want exactly 1", wins, n)
+		}
+		// The winner's take remembered the code as used.
+		if u, err := s.ReplayAuthCode(ctx, "d2"); err != nil || u.Subject != "users/alice" || u.ClientID != "c1" {
+			t.Errorf("ReplayAuthCode after the race = %+v, %v", u, err)
+		}
+	})
+
+	access := &authz.IssuedAccess{Type: authz.TokenTypeSession, ID: "jti-1", ExpiresAt: time.Now().Add(time.Hour).UTC().Truncate(time.Second)}
+	take := func(t *testing.T, s authz.Store, d string) {
+		t.Helper()
+		if err := s.PutAuthCode(t.Context(), d, authCode(time.Now().Add(time.Minute))); err != nil {
+			t.Fatal(err)
+		}
+		must(s.TakeAuthCode(t.Context(), d))(t)
+	}
+
+	t.Run("a replay reports what the redemption recorded", func(t *testing.T) {
+		s, ctx := newStore(t), t.Context()
+		_, err := s.ReplayAuthCode(ctx, "never-taken")
+		wantErr(t, err, authz.ErrNotFound, "ReplayAuthCode of a code never taken")
+		err = s.RecordAuthCodeIssue(ctx, "never-taken", "fam", access)
+		wantErr(t, err, authz.ErrNotFound, "RecordAuthCodeIssue of a code never taken")
+
+		take(t, s, "d3")
+		if err := s.RecordAuthCodeIssue(ctx, "d3", "fam-3", access); err != nil {
+			t.Fatal(err)
+		}
+		err = s.RecordAuthCodeIssue(ctx, "d3", "fam-other", nil)
+		wantErr(t, err, authz.ErrConflict, "second RecordAuthCodeIssue")
+		for i := range 2 { // a second replay still names the tokens
+			u := must(s.ReplayAuthCode(ctx, "d3"))(t)
+			if !u.Replayed || u.Subject != "users/alice" || u.ClientID != "c1" || u.Family != "fam-3" ||
+				u.Access == nil || u.Access.Type != access.Type || u.Access.ID != access.ID || !u.Access.ExpiresAt.Equal(access.ExpiresAt) {
+				t.Errorf("replay %d: ReplayAuthCode = %+v (access %+v), want the recorded issue", i+1, u, u.Access)
+			}
+		}
+	})
+
+	t.Run("a replay before the record makes it fail", func(t *testing.T) {
+		s, ctx := newStore(t), t.Context()
+		take(t, s, "d4")
+		if u := must(s.ReplayAuthCode(ctx, "d4"))(t); !u.Replayed || u.Family != "" || u.Access != nil {
+			t.Errorf("ReplayAuthCode before the record = %+v", u)
+		}
+		err := s.RecordAuthCodeIssue(ctx, "d4", "fam-4", access)
+		wantErr(t, err, authz.ErrConflict, "RecordAuthCodeIssue after a replay")
+		if u := must(s.ReplayAuthCode(ctx, "d4"))(t); u.Family != "" || u.Access != nil {
+			t.Errorf("the failed record was written: %+v", u)
+		}
+	})
+
+	t.Run("a replay racing the record: one of them sees the other", func(t *testing.T) {
+		s, ctx := newStore(t), t.Context()
+		for i := range 10 {
+			d := fmt.Sprintf("race-%d", i)
+			take(t, s, d)
+			var recErr, repErr error
+			var u authz.UsedAuthCode
+			var wg sync.WaitGroup
+			wg.Go(func() { recErr = s.RecordAuthCodeIssue(ctx, d, "fam", access) })
+			wg.Go(func() { u, repErr = s.ReplayAuthCode(ctx, d) })
+			wg.Wait()
+			if repErr != nil {
+				t.Fatalf("round %d: ReplayAuthCode: %v", i, repErr)
+			}
+			switch {
+			case recErr == nil && u.Family != "fam":
+				t.Errorf("round %d: the record succeeded but the replay did not see it: %+v", i, u)
+			case recErr != nil && !errors.Is(recErr, authz.ErrConflict):
+				t.Errorf("round %d: RecordAuthCodeIssue: %v, want success or ErrConflict", i, recErr)
+			case recErr != nil && u.Family != "":
+				t.Errorf("round %d: the record failed but the replay saw it: %+v", i, u)
+			}
 		}
 	})
 }

@@ -275,7 +275,8 @@ func testContextEnded(t *testing.T, newStore func(*testing.T) authz.Store) {
 			_, _, err := s.UpdateUser(ctx, "u", func(*authz.UserRecord) error { return nil }, nil)
 			return err
 		},
-		"TakeAuthCode": func() error { _, err := s.TakeAuthCode(ctx, "d"); return err },
+		"TakeAuthCode":   func() error { _, err := s.TakeAuthCode(ctx, "d"); return err },
+		"ReplayAuthCode": func() error { _, err := s.ReplayAuthCode(ctx, "d"); return err },
 	}
 	for name, call := range calls {
 		wantErr(t, call(), context.Canceled, name+" with a cancelled context")

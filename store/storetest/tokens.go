@@ -268,6 +268,10 @@ func testExpiry(t *testing.T, newStore func(*testing.T) authz.Store) {
 		// the backend's expiry timer says.
 		_, err := s.TakeAuthCode(ctx, "code-digest")
 		wantErr(t, err, authz.ErrNotFound, "TakeAuthCode after the code expired")
+		// Nothing can have been issued for an expired code: it is not
+		// remembered as used.
+		_, err = s.ReplayAuthCode(ctx, "code-digest")
+		wantErr(t, err, authz.ErrNotFound, "ReplayAuthCode of an expired code")
 	})
 
 	t.Run("revoked session", func(t *testing.T) {

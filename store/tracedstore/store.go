@@ -271,6 +271,22 @@ func (s *Store) TakeAuthCode(ctx context.Context, digest string) (authz.AuthCode
 	return r0, err
 }
 
+// RecordAuthCodeIssue traces authz.Store.RecordAuthCodeIssue.
+func (s *Store) RecordAuthCodeIssue(ctx context.Context, digest, family string, access *authz.IssuedAccess) error {
+	ctx, span := s.start(ctx, "RecordAuthCodeIssue")
+	err := s.next.RecordAuthCodeIssue(ctx, digest, family, access)
+	end(span, err)
+	return err
+}
+
+// ReplayAuthCode traces authz.Store.ReplayAuthCode.
+func (s *Store) ReplayAuthCode(ctx context.Context, digest string) (authz.UsedAuthCode, error) {
+	ctx, span := s.start(ctx, "ReplayAuthCode")
+	r0, err := s.next.ReplayAuthCode(ctx, digest)
+	end(span, err)
+	return r0, err
+}
+
 // TakeLoginAttempt traces authz.Store.TakeLoginAttempt.
 func (s *Store) TakeLoginAttempt(ctx context.Context, account string, limit int, window time.Duration) (id string, ok bool, retryAt time.Time, err error) {
 	ctx, span := s.start(ctx, "TakeLoginAttempt")
