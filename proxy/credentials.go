@@ -144,7 +144,7 @@ func tokenCookieValue(h http.Header) (string, int) {
 // empty when nothing else remains.
 func withoutTokenCookie(h http.Header) string {
 	var kept []string
-	for _, line := range h.Values("Cookie") {
+	for _, line := range h["Cookie"] {
 		for part := range strings.SplitSeq(line, ";") {
 			part = strings.TrimSpace(part)
 			if part == "" {

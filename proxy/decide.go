@@ -48,6 +48,9 @@ type Attempt struct {
 	// Permission, when set, replaces the route rules (the forward-auth
 	// URL's ?permission=, as in contaxy's nginx configuration).
 	Permission string
+	// permissionCanonical: Permission was canonicalised where it was
+	// read (forward-auth's query parameter), so required skips that.
+	permissionCanonical bool
 	// Assertion asks for a signed identity assertion on allow.
 	Assertion bool
 	// RequestID is the id a proxy in front gave the request (access log).
@@ -282,11 +285,14 @@ func retrySeconds(d time.Duration) int {
 // rules; it sets v.Public, v.Rule and v.Upstream.
 func (s *Server) required(a *Attempt, v *Verdict) (string, int, error) {
 	if a.Permission != "" {
+		v.Rule = "permission-parameter"
+		if a.permissionCanonical {
+			return a.Permission, 0, nil
+		}
 		p, err := s.canonicalPermissions.canonical(a.Permission)
 		if err != nil {
 			return "", http.StatusBadRequest, badRequest("permission parameter: " + err.Error())
 		}
-		v.Rule = "permission-parameter"
 		return p, 0, nil
 	}
 	if a.Method == "" {

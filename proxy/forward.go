@@ -93,7 +93,7 @@ func forwardParams(raw string, a *Attempt, perms *permissionCache) error {
 			if err != nil {
 				return badRequest("permission parameter: " + err.Error())
 			}
-			a.Permission = p
+			a.Permission, a.permissionCanonical = p, true
 		case "assertion":
 			a.Assertion = value == "true"
 		}
@@ -253,8 +253,9 @@ func (s *Server) upstreamCredentialHeaders(h http.Header, a *Attempt, v *Verdict
 		h.Set("X-Envoy-Auth-Headers-To-Remove", strings.Join(r.Headers, ", "))
 		return
 	}
-	if auth := a.Header.Get("Authorization"); auth != "" && v.source&fromAuthorization == 0 {
-		h.Set("Authorization", auth)
+	// Direct map reads: the names are canonical already.
+	if auth := a.Header["Authorization"]; len(auth) > 0 && auth[0] != "" && v.source&fromAuthorization == 0 {
+		h["Authorization"] = auth[:1]
 	}
 	// One Cookie line: nginx's $upstream_http_cookie sees only the first.
 	if rest := withoutTokenCookie(a.Header); rest != "" {
