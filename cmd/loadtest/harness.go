@@ -33,6 +33,10 @@ type options struct {
 	// tuned bare proxy's throughput), latency in all per target; 0 turns them off.
 	latency     time.Duration
 	latencyRate float64
+	// minimalBaselines sends the bare baselines a request without the
+	// query and the Authorization header, as runs before 2026-11-29 11:00
+	// did (-baseline-request minimal), for comparing with those figures.
+	minimalBaselines bool
 
 	mode        string
 	scale       scaleOptions
@@ -255,11 +259,15 @@ func run(ctx context.Context, opts options) (*report, error) {
 	// the decision's, so the ratio isolates what Portcullis adds.
 	fwdReq := request{method: "GET", path: forwardPath + "?permission=" + url.QueryEscape(allowPermission), header: bearer(fwdC)}
 	pxReq := request{method: "GET", path: proxyAllowPath, header: bearer(pxC)}
+	echoReq, stdReq := fwdReq, pxReq
+	if opts.minimalBaselines {
+		echoReq, stdReq = request{method: "GET", path: forwardPath}, request{method: "GET", path: proxyAllowPath}
+	}
 	rep.targets = []*target{
 		{key: keyUpstream, name: "direct upstream", server: up, req: request{method: "GET", path: "/"}},
-		{key: keyEcho, name: "A: bare echo handler", server: echoC, req: fwdReq},
+		{key: keyEcho, name: "A: bare echo handler", server: echoC, req: echoReq},
 		{key: keyForward, name: "Portcullis forward-auth", server: fwdC, req: fwdReq},
-		{key: keyStdProxy, name: "B: tuned httputil.ReverseProxy", server: stdC, upstream: up, req: pxReq},
+		{key: keyStdProxy, name: "B: tuned httputil.ReverseProxy", server: stdC, upstream: up, req: stdReq},
 		{key: keyProxy, name: "Portcullis reverse proxy", server: pxC, upstream: up, req: pxReq},
 	}
 

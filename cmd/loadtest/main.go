@@ -106,6 +106,7 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.latency, "latency-duration", 10*time.Second, "per target, latency at a fixed rate below saturation (0: off)")
 	fs.Float64Var(&o.latencyRate, "latency-rate", 0, "req/s of the fixed-rate latency rounds (0: a quarter of the tuned bare proxy's throughput)")
 	fs.StringVar(&o.profileDir, "cpuprofile-dir", "", "servers write CPU profiles (<target>.pprof) here")
+	baselineReq := fs.String("baseline-request", "same", "same (the bare baselines get byte for byte the request of the Portcullis target they are compared with) or minimal (no query, no Authorization header: the method of runs before 2026-11-29)")
 	fs.StringVar(&o.mode, "mode", modeCompare, "compare (the table), scale (bulk-loaded store at growing sizes) or soak (-soak long at -soak-load of peak with a trickle of writes)")
 	steps := fs.String("scale-steps", "1000,100000,1000000", "scale: grant counts to measure at (10 grants and 1 API token per user)")
 	fs.IntVar(&o.scale.sample, "scale-sample", 5000, "scale: cold decisions per step (distinct tokens, each once)")
@@ -127,6 +128,13 @@ func parseFlags(args []string) (options, error) {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	var errs []error
+	switch *baselineReq {
+	case "same":
+	case "minimal":
+		o.minimalBaselines = true
+	default:
+		errs = append(errs, fmt.Errorf("-baseline-request %q: want same or minimal", *baselineReq))
+	}
 	switch o.mode {
 	case modeCompare, modeScale:
 	case modeSoak:

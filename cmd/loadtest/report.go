@@ -221,6 +221,11 @@ func (r *report) markdown(w io.Writer) {
 	fmt.Fprintf(w, "Load: generator `%s`, %d keep-alive connections, one request in flight on each; %d interleaved rounds of %s per target (order reversed every other round) after %s of warm-up. "+
 		"Every server is its own process; CPU is utime+stime from /proc/<pid>/stat over the measured window, divided by the requests completed in it.\n\n",
 		o.gen.name(), o.conns, o.rounds, o.duration/time.Duration(o.rounds), o.warmup)
+	if o.minimalBaselines {
+		fmt.Fprint(w, "Baselines A and B get a minimal request (no query, no Authorization header; `-baseline-request minimal`), not the Portcullis targets' request.\n\n")
+	} else {
+		fmt.Fprint(w, "Baselines A and B get byte for byte the request of the Portcullis target they are compared with (query and Authorization header included).\n\n")
+	}
 
 	if len(r.targets) > 0 && len(r.targets[0].phases) > 0 {
 		fmt.Fprintln(w, "| target | req/s | req/s per round | p50 ms | p99 ms | server CPU µs/req | upstream CPU µs/req | load-gen CPU µs/req | server RSS MiB |")

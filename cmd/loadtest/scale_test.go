@@ -178,6 +178,9 @@ func TestParseFlagsModes(t *testing.T) {
 		{[]string{"-mode", "soak", "-soak", "1m", "-soak-pin", "1-0:2"}, false}, // descending range
 		{[]string{"-mode", "soak", "-soak", "1m", "-soak-probe", "100ms"}, false},
 		{[]string{"-mode", "bogus"}, false},
+		{[]string{"-baseline-request", "minimal"}, true},
+		{[]string{"-baseline-request", "same"}, true},
+		{[]string{"-baseline-request", "empty"}, false},
 	} {
 		_, err := parseFlags(tc.args)
 		if (err == nil) != tc.ok {
