@@ -46,14 +46,7 @@ func TestHandWrittenGrant(t *testing.T) {
 	endpoints := etcdtest.SharedExternal(t)
 	s := etcdtest.NewStore(t, endpoints)
 	ctx := t.Context()
-	start, err := s.CurrentRevision(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	changes := make(chan authz.Change, 100)
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go s.Watch(wctx, start, func(c authz.Change) { changes <- c })
+	changes := watchFromNow(t, s)
 
 	p := s.Prefix()
 	// As documented: both keys in one transaction, each section of the
@@ -319,4 +312,19 @@ func TestDeleteUserLeavesNoKeys(t *testing.T) {
 	if !slices.Equal(left, []string{"schema"}) {
 		t.Errorf("keys left after deleting the only user: %q", left)
 	}
+}
+
+// watchFromNow watches s from its current revision until the test ends and
+// returns the changes it reports.
+func watchFromNow(t *testing.T, s *etcdstore.Store) <-chan authz.Change {
+	t.Helper()
+	start, err := s.CurrentRevision(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := make(chan authz.Change, 100)
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	go func() { _ = s.Watch(ctx, start, func(c authz.Change) { changes <- c }) }()
+	return changes
 }

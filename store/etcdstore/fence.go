@@ -12,7 +12,6 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/portcullis/portcullis/authz"
 )
@@ -327,13 +326,8 @@ func ambiguous(err error) bool {
 	case errors.Is(err, clientv3.ErrNoAvailableEndpoints):
 		return false
 	}
-	var code codes.Code
-	var etcdErr rpctypes.EtcdError
-	if errors.As(err, &etcdErr) {
-		code = etcdErr.Code()
-	} else if st, ok := status.FromError(err); ok {
-		code = st.Code()
-	} else {
+	code, ok := grpcCode(err)
+	if !ok {
 		return false
 	}
 	switch code {

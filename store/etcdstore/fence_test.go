@@ -335,14 +335,7 @@ func TestTxnMarkersExpire(t *testing.T) {
 	s := etcdtest.NewStore(t, etcdtest.SharedEmbedded(t))
 	etcdstore.SetFenceTimings(s, time.Second, 2*time.Second) // etcd's smallest TTL
 	ctx := t.Context()
-	start, err := s.CurrentRevision(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	changes := make(chan authz.Change, 100)
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() { _ = s.Watch(wctx, start, func(c authz.Change) { changes <- c }) }()
+	changes := watchFromNow(t, s)
 
 	if _, err := s.AddGrant(ctx, "projects/p", "projects/p#read"); err != nil {
 		t.Fatal(err)

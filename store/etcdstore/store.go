@@ -452,6 +452,19 @@ func classify(err error) error {
 	return err
 }
 
+// grpcCode is the gRPC status code etcd answered with, from its typed
+// errors or a plain gRPC status; false when err carries none.
+func grpcCode(err error) (codes.Code, bool) {
+	var etcdErr rpctypes.EtcdError
+	if errors.As(err, &etcdErr) {
+		return etcdErr.Code(), true
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code(), true
+	}
+	return 0, false
+}
+
 func unavailable(err error) bool {
 	switch {
 	case errors.Is(err, context.DeadlineExceeded), // our RequestTimeout or DialTimeout
@@ -459,13 +472,8 @@ func unavailable(err error) bool {
 		errors.Is(err, clientv3.ErrNoAvailableEndpoints):
 		return true
 	}
-	var code codes.Code
-	var etcdErr rpctypes.EtcdError
-	if errors.As(err, &etcdErr) {
-		code = etcdErr.Code()
-	} else if st, ok := status.FromError(err); ok {
-		code = st.Code()
-	} else {
+	code, ok := grpcCode(err)
+	if !ok {
 		return false
 	}
 	switch code {
