@@ -123,6 +123,7 @@ func (s *Service) Flush() {
 	s.subjects.Clear()
 	s.resources.Clear()
 	s.decisions.Clear()
+	s.hot.clear()
 	s.clients.Clear()
 }
 

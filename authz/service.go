@@ -185,6 +185,7 @@ type Service struct {
 	subjects  cache.Cache[string, *subjectEntry]  // resolved subject grants
 	resources cache.Cache[string, *grantsEntry]   // raw grants of one resource (roles)
 	decisions cache.Cache[uint64, *decisionEntry] // (token digest, permission) → decision
+	hot       hotDecisions                        // lock-free front to decisions
 	clients   cache.Cache[string, *clientEntry]   // existence of clients acting as subjects
 	// assertions holds signed identity assertions for reuse.
 	assertions cache.Cache[uint64, *assertionEntry]

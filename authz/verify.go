@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"hash/maphash"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -124,15 +126,25 @@ func (s *Service) verifyAccess(ctx context.Context, token, permission string, op
 	d := digestOf(token)
 	result := CacheMiss
 	if !opt.NoCache && !opt.Explain {
-		if e, ok := s.decisions.Get(decisionKey(d, permission)); ok && e.key == d && e.perm == permission {
-			if s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, opt.AtLeastRevision) && e.live(now) {
-				// A cached denial returns the caller too, as the slow path
-				// does (the access log and shadow rules need the subject).
-				acc := e.access
-				acc.Cache = CacheHit
-				return acc, e.err
+		key := decisionKey(d, permission)
+		e, ok := s.hot.get(key)
+		if !ok || !s.usable(e, d, permission, opt.AtLeastRevision, now) {
+			e, ok = s.decisions.Get(key)
+			if ok && (e.key != d || e.perm != permission) {
+				ok = false // another token's or permission's entry on a colliding key
 			}
-			result = CacheStale
+			if ok && s.usable(e, d, permission, opt.AtLeastRevision, now) {
+				s.hot.put(key, e)
+			} else if ok {
+				result, ok = CacheStale, false
+			}
+		}
+		if ok {
+			// A cached denial returns the caller too, as the slow path
+			// does (the access log and shadow rules need the subject).
+			acc := e.access
+			acc.Cache = CacheHit
+			return acc, e.err
 		}
 	}
 	acc, err := s.verifySlow(ctx, token, d, permission, opt)
@@ -141,6 +153,49 @@ func (s *Service) verifyAccess(ctx context.Context, token, permission string, op
 }
 
 var decisionSeed = maphash.MakeSeed()
+
+// usable reports whether the cached decision e answers (d, permission) now:
+// the same checks for an entry from either cache, so that the hot front
+// can never serve what the decision cache itself would not.
+func (s *Service) usable(e *decisionEntry, d digest, permission string, atLeast Revision, now time.Time) bool {
+	return e.key == d && e.perm == permission && s.gens.valid(e.epoch, e.deps) && s.cacheUsable(e.rev, atLeast) &&
+		e.live(now) && now.Before(e.cachedUntil)
+}
+
+// hotDecisions is a small lock-free front to the decision cache for the
+// decisions being served right now. Every forward-auth request looks its
+// decision up; with few hot tokens, the cores all read-lock the same
+// ristretto shard and its lock's cache line bounces between them, which
+// cost more than the rest of a warm decision. Entries are the decision
+// cache's own and are checked the same way on every hit (usable), so a
+// stale one is never served; the front only has to stay small: it is
+// emptied whenever it has taken maxHotDecisions entries.
+type hotDecisions struct {
+	m     sync.Map // uint64 decision key → *decisionEntry
+	added atomic.Int32
+}
+
+const maxHotDecisions = 4096
+
+func (h *hotDecisions) get(key uint64) (*decisionEntry, bool) {
+	v, ok := h.m.Load(key)
+	if !ok {
+		return nil, false
+	}
+	return v.(*decisionEntry), true
+}
+
+func (h *hotDecisions) put(key uint64, e *decisionEntry) {
+	if h.added.Add(1) > maxHotDecisions {
+		h.clear()
+	}
+	h.m.Store(key, e)
+}
+
+func (h *hotDecisions) clear() {
+	h.m.Clear()
+	h.added.Store(0)
+}
 
 func decisionKey(d digest, permission string) uint64 {
 	return d.key64() ^ maphash.String(decisionSeed, permission)
@@ -172,6 +227,9 @@ type decisionEntry struct {
 	epoch   uint64
 	deps    []dep
 	rev     Revision
+	// cachedUntil is when the decision cache's TTL drops the entry; the
+	// hot front, which has no TTL of its own, stops serving it then too.
+	cachedUntil time.Time
 }
 
 func (e *decisionEntry) live(now time.Time) bool { return e.expires.IsZero() || now.Before(e.expires) }
@@ -206,8 +264,9 @@ func (s *Service) verifyResolved(ctx context.Context, token string, d digest, kn
 	if useCache && s.watch.healthy.Load() {
 		deps := make([]dep, 0, len(p.deps)+len(se.deps))
 		deps = append(append(deps, p.deps...), se.deps...)
-		e := &decisionEntry{key: d, perm: permission, access: acc, err: err, epoch: epoch, deps: deps, rev: rev, expires: p.expires}
-		s.decisions.Set(decisionKey(d, permission), e, int64(200+len(permission)+16*len(deps)), jitterTTL(s.cfg.CacheTTL))
+		ttl := jitterTTL(s.cfg.CacheTTL)
+		e := &decisionEntry{key: d, perm: permission, access: acc, err: err, epoch: epoch, deps: deps, rev: rev, expires: p.expires, cachedUntil: s.now().Add(ttl)}
+		s.decisions.Set(decisionKey(d, permission), e, int64(200+len(permission)+16*len(deps)), ttl)
 	}
 	if opt.Explain {
 		if err != nil {
