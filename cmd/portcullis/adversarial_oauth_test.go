@@ -365,18 +365,7 @@ func TestAdversarialOAuth(t *testing.T) {
 		results := race(20, func() answer {
 			return o.grant(t, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {second.RefreshToken}}, nil)
 		})
-		var won []tokenPair
-		for _, a := range results {
-			switch {
-			case a.status == 200:
-				var p tokenPair
-				_ = json.Unmarshal([]byte(a.body), &p)
-				won = append(won, p)
-			case a.status == 400 && a.oauthError() == "invalid_grant":
-			default:
-				t.Errorf("a racing refresh answered %d %s", a.status, a.body)
-			}
-		}
+		won := raceWinners(t, "refresh", results)
 		if len(won) != 1 {
 			t.Fatalf("%d of 20 racing refreshes succeeded, want exactly 1", len(won))
 		}
@@ -407,18 +396,7 @@ func TestAdversarialOAuth(t *testing.T) {
 		results := race(20, func() answer {
 			return o.grant(t, url.Values{"grant_type": {"authorization_code"}, "code": {code}, "client_id": {pubID}, "redirect_uri": {redirect}, "code_verifier": {verifier}}, nil)
 		})
-		var won []tokenPair
-		for _, a := range results {
-			switch {
-			case a.status == 200:
-				var p tokenPair
-				_ = json.Unmarshal([]byte(a.body), &p)
-				won = append(won, p)
-			case a.status == 400 && a.oauthError() == "invalid_grant":
-			default:
-				t.Errorf("a racing redemption answered %d %s", a.status, a.body)
-			}
-		}
+		won := raceWinners(t, "redemption", results)
 		if len(won) != 1 {
 			t.Fatalf("%d of 20 racing redemptions succeeded, want exactly 1", len(won))
 		}
@@ -1136,4 +1114,25 @@ func TestAdversarialHeaderTrust(t *testing.T) {
 		}
 		checkLogClean(t, logs, "reader's password", "writer's password", reader, writer, admin, reliabilityAdminPassword)
 	})
+}
+
+// raceWinners returns the token pairs of the racing grants that succeeded;
+// every other answer must be invalid_grant.
+func raceWinners(t *testing.T, what string, results []answer) []tokenPair {
+	t.Helper()
+	var won []tokenPair
+	for _, a := range results {
+		switch {
+		case a.status == 200:
+			var p tokenPair
+			if err := json.Unmarshal([]byte(a.body), &p); err != nil {
+				t.Errorf("a racing %s answered 200 with %q: %v", what, a.body, err)
+			}
+			won = append(won, p)
+		case a.status == 400 && a.oauthError() == "invalid_grant":
+		default:
+			t.Errorf("a racing %s answered %d %s", what, a.status, a.body)
+		}
+	}
+	return won
 }
