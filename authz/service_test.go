@@ -100,6 +100,31 @@ func TestUserRules(t *testing.T) {
 	}
 }
 
+// The bootstrap admin and its extra grant are one write: no revision ever
+// shows the user without the grant, and a bad extra grant writes nothing.
+func TestCreateUserWithGrantsIsOneWrite(t *testing.T) {
+	t.Parallel()
+	svc := newService(t)
+	_, _, err := svc.CreateUserWithGrants(bg, authz.UserInput{Username: "root"}, false, []string{"*#admin", "projects/../x#read"})
+	wantErr(t, err, authz.ErrInvalid, "create with a malformed extra grant")
+	if users, err := svc.Users(bg); err != nil || len(users) != 0 {
+		t.Fatalf("after a refused create: users = %v, %v", users, err)
+	}
+	u, rev, err := svc.CreateUserWithGrants(bg, authz.UserInput{Username: "root", Password: "correct horse"}, false, []string{" *#ADMIN "})
+	if err != nil {
+		t.Fatal(err)
+	}
+	grants, err := svc.ListPermissions(bg, "users/"+u.ID, false, false)
+	if err != nil || !sameSet(grants, []string{"users/" + u.ID + "#admin", "roles/user", "*#admin"}) {
+		t.Fatalf("grants = %q, %v", grants, err)
+	}
+	// Fresh at exactly the creation revision, the admin grant is already there.
+	tok := login(t, svc, "root", "correct horse")
+	if _, err := svc.VerifyAccess(bg, tok.AccessToken, "projects/p#admin", authz.VerifyOptions{AtLeastRevision: rev}); err != nil {
+		t.Fatalf("verify *#admin at the creation revision: %v", err)
+	}
+}
+
 func TestUpdateUserMovesLoginIDs(t *testing.T) {
 	t.Parallel()
 	svc := newService(t)

@@ -67,6 +67,14 @@ func DefaultUserGrants(id string) []string {
 // (with -1, -2, … on collision). The user receives DefaultUserGrants. The
 // user, its login ids and grants are written in one transaction.
 func (s *Service) CreateUser(ctx context.Context, in UserInput, technical bool) (User, Revision, error) {
+	return s.CreateUserWithGrants(ctx, in, technical, nil)
+}
+
+// CreateUserWithGrants is CreateUser with grants beyond the defaults,
+// written in the same transaction as the user: the bootstrap admin must
+// never exist without its *#admin, or a crash between two writes would
+// leave a store that has a user (so no second bootstrap) and no admin.
+func (s *Service) CreateUserWithGrants(ctx context.Context, in UserInput, technical bool, extra []string) (User, Revision, error) {
 	username := strings.TrimSpace(in.Username)
 	email := strings.TrimSpace(in.Email)
 	var errs []error
@@ -88,6 +96,15 @@ func (s *Service) CreateUser(ctx context.Context, in UserInput, technical bool) 
 			errs = append(errs, err)
 		}
 	}
+	extraGrants := make([]string, 0, len(extra))
+	for _, e := range extra {
+		g, err := ParseGrant(e)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		extraGrants = append(extraGrants, g.String())
+	}
 	if len(errs) > 0 {
 		return User{}, 0, errors.Join(errs...)
 	}
@@ -106,7 +123,7 @@ func (s *Service) CreateUser(ctx context.Context, in UserInput, technical bool) 
 		}
 		rec.PasswordHash = string(h)
 	}
-	grants := DefaultUserGrants(rec.ID)
+	grants := append(DefaultUserGrants(rec.ID), extraGrants...)
 	if username != "" || email == "" {
 		rev, err := s.store.CreateUser(ctx, rec, grants)
 		if err != nil {

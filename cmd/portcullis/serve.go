@@ -344,7 +344,7 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 	if generated {
 		password = authzRandomPassword()
 	}
-	u, rev, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: password}, false)
+	u, rev, err := svc.CreateUserWithGrants(ctx, authz.UserInput{Username: "admin", Password: password}, false, []string{"*#admin"})
 	if errors.Is(err, authz.ErrConflict) {
 		return nil // another replica bootstrapped first
 	}
@@ -352,10 +352,6 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 		return fmt.Errorf("bootstrap admin: %w", err)
 	}
 	proxy.AuditRecord(audit, "", "system", proxy.AuditUserCreate, rev, slog.String("user_id", u.ID), slog.String("username", u.Username))
-	rev, err = svc.AddPermission(ctx, "users/"+u.ID, "*#admin")
-	if err != nil {
-		return fmt.Errorf("bootstrap admin: %w", err)
-	}
 	proxy.AuditRecord(audit, "", "system", proxy.AuditGrantAdd, rev, slog.String("resource", "users/"+u.ID), slog.String("permission", "*#admin"))
 	if generated {
 		// Shown once, on the first start only; it is not stored anywhere in clear.
