@@ -158,32 +158,46 @@ func (s *Server) token(c echo.Context) (err error) {
 }
 
 // oauthCaller authenticates the caller of revoke and introspect: a bearer
-// token, or client credentials. Anonymous callers learn nothing.
-func (s *Server) oauthCaller(c echo.Context, form url.Values) (*authz.Access, error) {
+// token, or client credentials. Anonymous callers learn nothing. clientID
+// is set when the caller is a client. With allowPublic a public client,
+// which has no secret, may identify itself by its client_id (RFC 7009
+// §2.1 validates credentials only "in case of a confidential client");
+// it acts as clients/<id>, and may touch only tokens issued to it.
+func (s *Server) oauthCaller(c echo.Context, form url.Values, allowPublic bool) (caller *authz.Access, clientID string, err error) {
 	id, secret, basic, err := clientCredentials(c.Request(), form)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if id != "" {
-		cl, err := s.svc.AuthenticateClient(c.Request().Context(), id, secret)
-		if err != nil {
-			return nil, asOAuth(err, basic)
+		ctx := c.Request().Context()
+		cl, err := s.svc.AuthenticateClient(ctx, id, secret)
+		if err != nil && allowPublic && secret == "" {
+			if pc, perr := s.svc.Client(ctx, id); perr == nil && pc.Public {
+				return &authz.Access{Subject: clientSubject(pc.ID)}, pc.ID, nil
+			}
 		}
-		return &authz.Access{Subject: cl.Subject}, nil
+		if err != nil {
+			return nil, "", asOAuth(err, basic)
+		}
+		return &authz.Access{Subject: cl.Subject}, cl.ID, nil
 	}
 	acc, err := s.caller(c)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return &acc, nil
+	return &acc, "", nil
 }
+
+// clientSubject is the subject that stands for a client itself (and
+// that authz lets revoke the tokens issued to the client).
+func clientSubject(id string) string { return "clients/" + id }
 
 func (s *Server) revoke(c echo.Context) error {
 	form, err := oauthForm(c)
 	if err != nil {
 		return err
 	}
-	caller, err := s.oauthCaller(c, form)
+	caller, clientID, err := s.oauthCaller(c, form, true)
 	if err != nil {
 		return err
 	}
@@ -191,7 +205,24 @@ func (s *Server) revoke(c echo.Context) error {
 	if tok == "" {
 		return oauthInvalid("invalid_request", "token is required")
 	}
-	rev, err := s.svc.RevokeToken(c.Request().Context(), caller, tok)
+	// A client acts as its subject (what it administers through its
+	// grants) and, when that is another one, as itself: the tokens
+	// issued to it are its to revoke whatever subject it acts as.
+	callers := []*authz.Access{caller}
+	if clientID != "" && caller.Subject != clientSubject(clientID) {
+		callers = append(callers, &authz.Access{Subject: clientSubject(clientID)})
+	}
+	var rev authz.Revision
+	for _, who := range callers {
+		if rev, err = s.svc.RevokeToken(c.Request().Context(), who, tok); !errors.Is(err, authz.ErrPermissionDenied) {
+			break
+		}
+	}
+	if clientID != "" && errors.Is(err, authz.ErrPermissionDenied) {
+		// RFC 7009 §2.1: refused, with an RFC 6749 §5.2 error.
+		return &oauthResponseError{status: http.StatusBadRequest, oe: &authz.OAuthError{Code: "unauthorized_client",
+			Description: "the token was not issued to this client"}}
+	}
 	if err != nil {
 		return err
 	}
@@ -206,7 +237,7 @@ func (s *Server) introspect(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := s.oauthCaller(c, form); err != nil {
+	if _, _, err := s.oauthCaller(c, form, false); err != nil {
 		return err
 	}
 	in, err := s.svc.Introspect(c.Request().Context(), form.Get("token"))

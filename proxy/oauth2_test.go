@@ -551,6 +551,78 @@ func TestRevokeAndIntrospectSemantics(t *testing.T) {
 	a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(cl.Encode()), formCT), 401, "revoke with a wrong client secret")
 }
 
+// RFC 7009 §2.1: a client revokes the tokens issued to it, whatever
+// subject it acts as, and a public client, which has no secret to
+// authenticate with, identifies itself by its client_id. Neither may
+// revoke a token issued to someone else: that is an RFC 6749 §5.2 error.
+func TestClientsRevokeTheTokensIssuedToThem(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	if _, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "eve", Password: "eve's password"}, false); err != nil {
+		t.Fatal(err)
+	}
+	grant := func(extra url.Values) (access, refresh string) {
+		t.Helper()
+		form := url.Values{"grant_type": {"password"}, "username": {"eve"}, "password": {"eve's password"}}
+		for k, v := range extra {
+			form[k] = v
+		}
+		var tr struct {
+			Access  string `json:"access_token"`
+			Refresh string `json:"refresh_token"`
+		}
+		a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(form.Encode()), formCT), 200, "password grant").json(t, &tr)
+		return tr.Access, tr.Refresh
+	}
+	revoke := func(form url.Values, status int, code, what string) {
+		t.Helper()
+		r := a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(form.Encode()), formCT), status, what)
+		if code != "" {
+			var oe map[string]string
+			r.json(t, &oe)
+			if oe["error"] != code {
+				t.Fatalf("%s: error %v, want %q", what, oe, code)
+			}
+		}
+	}
+	active := func(tok string) bool {
+		t.Helper()
+		var in map[string]any
+		a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(url.Values{"token": {tok}}.Encode()),
+			map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer " + admin}), 200, "introspect").json(t, &in)
+		return in["active"] == true
+	}
+
+	// A confidential client acting as another subject.
+	conf, secret := a.registerClient(admin, map[string]any{"subject": "services/dashboard", "grant_types": []string{"password", "refresh_token"}})
+	access, refresh := grant(url.Values{"client_id": {conf}, "client_secret": {secret}})
+	other, _ := grant(nil)
+	revoke(url.Values{"token": {other}, "client_id": {conf}, "client_secret": {secret}}, 400, "unauthorized_client", "a token not issued to the client")
+	if !active(other) {
+		t.Fatal("a client revoked a token not issued to it")
+	}
+	revoke(url.Values{"token": {refresh}, "client_id": {conf}, "client_secret": {secret}}, 200, "", "the client's refresh token")
+	revoke(url.Values{"token": {access}, "client_id": {conf}, "client_secret": {secret}}, 200, "", "the client's access token")
+	if active(refresh) || active(access) {
+		t.Fatal("the client's tokens survived their revocation")
+	}
+
+	// A public client.
+	pub, _ := a.registerClient(admin, map[string]any{"public": true, "grant_types": []string{"password", "refresh_token"}})
+	access, refresh = grant(url.Values{"client_id": {pub}})
+	revoke(url.Values{"token": {other}, "client_id": {pub}}, 400, "unauthorized_client", "a token not issued to the public client")
+	revoke(url.Values{"token": {"unknown"}, "client_id": {pub}}, 200, "", "an unknown token")
+	revoke(url.Values{"token": {refresh}, "client_id": {pub}}, 200, "", "the public client's refresh token")
+	revoke(url.Values{"token": {access}, "client_id": {pub}}, 200, "", "the public client's access token")
+	if active(refresh) || active(access) || !active(other) {
+		t.Fatal("the public client's revocation missed or went too far")
+	}
+	revoke(url.Values{"token": {other}, "client_id": {pub}, "client_secret": {"guess"}}, 401, "invalid_client", "a public client with a secret")
+	revoke(url.Values{"token": {other}, "client_id": {"no-such-client"}}, 401, "invalid_client", "an unknown client")
+	// Identifying as a public client is not enough to introspect.
+	a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(url.Values{"token": {other}, "client_id": {pub}}.Encode()), formCT), 401, "introspect as a public client")
+}
+
 func TestDiscoveryAndJWKS(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	for _, p := range []string{"/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"} {
