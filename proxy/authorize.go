@@ -64,7 +64,11 @@ func (s *Server) authorize(c echo.Context) error {
 	fail := func(code, desc string) error {
 		return back(url.Values{"error": {code}, "error_description": {desc}})
 	}
-	if rt := params.Get("response_type"); rt != "code" {
+	switch params.Get("response_type") {
+	case "code":
+	case "":
+		return fail("invalid_request", "response_type is required")
+	default:
 		return fail("unsupported_response_type", "only response_type=code is supported")
 	}
 	if params.Get("code_challenge_method") != "S256" || len(params.Get("code_challenge")) != 43 {

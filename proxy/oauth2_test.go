@@ -393,6 +393,66 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 	}
 }
 
+// Every authorization request error that is not about the client or its
+// redirect_uri goes back to the registered redirect_uri with the RFC 6749
+// §4.1.2.1 code, the state and the issuer (RFC 9207).
+func TestAuthorizeErrorsGoBackToTheClient(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	const redirect = "https://app.example.com/cb?keep=1"
+	id, _ := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{redirect}, "scopes": []string{"projects/demo#read"}})
+	noCode, _ := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{redirect}, "grant_types": []string{"client_credentials"}})
+	b := newBrowser(a)
+	b.signIn("root", "rootpassword", "")
+	challenge := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
+	good := url.Values{"response_type": {"code"}, "client_id": {id}, "redirect_uri": {redirect}, "state": {"xyz"},
+		"code_challenge": {challenge}, "code_challenge_method": {"S256"}}
+	cases := []struct {
+		name   string
+		change url.Values // "" deletes the parameter
+		want   string
+	}{
+		{"no response_type", url.Values{"response_type": {""}}, "invalid_request"},
+		{"implicit grant", url.Values{"response_type": {"token"}}, "unsupported_response_type"},
+		{"hybrid", url.Values{"response_type": {"code token"}}, "unsupported_response_type"},
+		{"no PKCE", url.Values{"code_challenge": {""}, "code_challenge_method": {""}}, "invalid_request"},
+		{"plain PKCE", url.Values{"code_challenge_method": {"plain"}}, "invalid_request"},
+		{"short challenge", url.Values{"code_challenge": {"abc"}}, "invalid_request"},
+		{"malformed scope", url.Values{"scope": {"no-level"}}, "invalid_scope"},
+		{"scope the client may not ask for", url.Values{"scope": {"projects/demo#write"}}, "invalid_scope"},
+		{"client without the grant", url.Values{"client_id": {noCode}}, "unauthorized_client"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			q := url.Values{}
+			for k, v := range good {
+				q[k] = v
+			}
+			for k, v := range c.change {
+				if v[0] == "" {
+					q.Del(k)
+				} else {
+					q[k] = v
+				}
+			}
+			resp, body := b.do("GET", "/auth/oauth/authorize?"+q.Encode(), nil, nil)
+			loc, err := url.Parse(resp.Header.Get("Location"))
+			if resp.StatusCode != http.StatusSeeOther || err != nil || !strings.HasPrefix(loc.String(), "https://app.example.com/cb?") {
+				t.Fatalf("%d Location %q, want 303 to the redirect_uri; body %s", resp.StatusCode, resp.Header.Get("Location"), body)
+			}
+			got := loc.Query()
+			if got.Get("error") != c.want || got.Get("error_description") == "" || got.Get("state") != "xyz" || got.Get("iss") != a.url || got.Get("keep") != "1" || got.Has("code") {
+				t.Fatalf("redirected with %v, want error %q, state, iss and the registered query", got, c.want)
+			}
+		})
+	}
+	// The good request itself gets a code: the cases above fail for their change only.
+	resp, _ := b.do("GET", "/auth/oauth/authorize?"+good.Encode(), nil, nil)
+	if loc, _ := url.Parse(resp.Header.Get("Location")); loc == nil || loc.Query().Get("code") == "" {
+		t.Fatalf("the good request: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
 func TestTokenEndpointRules(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	a.admin()
