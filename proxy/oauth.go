@@ -25,6 +25,11 @@ func oauthForm(c echo.Context) (url.Values, error) {
 		}
 	}
 	ct := req.Header.Get("Content-Type")
+	if ct == "" && req.ContentLength != 0 {
+		// net/http would ignore the body: say why rather than answer
+		// that grant_type is missing.
+		return nil, oauthInvalid("invalid_request", "the body must be application/x-www-form-urlencoded (Content-Type is missing)")
+	}
 	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/x-www-form-urlencoded") && !strings.HasPrefix(strings.ToLower(ct), "multipart/form-data") {
 		return nil, oauthInvalid("invalid_request", "the body must be application/x-www-form-urlencoded")
 	}

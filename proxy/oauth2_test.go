@@ -475,6 +475,13 @@ func TestTokenEndpointRules(t *testing.T) {
 		t.Fatalf("unknown client: %v", oe)
 	}
 	a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=password&grant_type=password"), formCT), 400, "repeated parameter")
+	for ct, want := range map[string]string{"": "Content-Type is missing", "application/json": "x-www-form-urlencoded", "text/plain": "x-www-form-urlencoded"} {
+		r = a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=password&username=root&password=rootpassword"), map[string]string{"Content-Type": ct}), 400, "Content-Type "+ct)
+		r.json(t, &oe)
+		if oe["error"] != "invalid_request" || !strings.Contains(oe["error_description"], want) {
+			t.Fatalf("Content-Type %q: %v, want invalid_request saying %q", ct, oe, want)
+		}
+	}
 }
 
 // An attacker guessing passwords of one account is cut off after the
