@@ -711,6 +711,21 @@ func TestDiscoveryAndJWKS(t *testing.T) {
 		t.Fatalf("issuer %v", md["issuer"])
 	}
 
+	// Under an API prefix the issuer has a path: its metadata is found
+	// both where RFC 8414 §3.1 puts it (the path after the well-known
+	// URI) and where OpenID Connect discovery does (before it), and it
+	// names endpoints that answer.
+	const prefix = "/.portcullis"
+	p := newAPIOn(t, a.svc, proxy.Config{APIPrefix: prefix})
+	for _, path := range []string{"/.well-known/oauth-authorization-server" + prefix, prefix + "/.well-known/oauth-authorization-server", prefix + "/.well-known/openid-configuration"} {
+		var md map[string]any
+		p.expect(p.do("GET", path, nil, nil), 200, path).json(t, &md)
+		if md["issuer"] != p.url+prefix || md["token_endpoint"] != p.url+prefix+"/auth/oauth/token" || md["jwks_uri"] != p.url+prefix+"/.well-known/jwks.json" {
+			t.Fatalf("%s = %v", path, md)
+		}
+	}
+	p.expect(p.do("GET", "/.well-known/oauth-authorization-server/other", nil, nil), 404, "another issuer's metadata")
+
 	// An upstream verifies a session JWT offline with the published key.
 	a.admin()
 	session := a.login("root", "rootpassword")

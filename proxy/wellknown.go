@@ -12,6 +12,9 @@ import (
 	"github.com/portcullis/portcullis/authz"
 )
 
+// metadataPath is the RFC 8414 well-known URI of the server metadata.
+const metadataPath = "/.well-known/oauth-authorization-server"
+
 // serverMetadata is RFC 8414 authorization server metadata; the same
 // document answers OpenID Connect discovery, for clients that only know
 // that path (Portcullis issues no ID tokens).
