@@ -163,34 +163,43 @@ func (s *Server) token(c echo.Context) (err error) {
 }
 
 // oauthCaller authenticates the caller of revoke and introspect: a bearer
-// token, or client credentials. Anonymous callers learn nothing. clientID
-// is set when the caller is a client. With allowPublic a public client,
-// which has no secret, may identify itself by its client_id (RFC 7009
-// §2.1 validates credentials only "in case of a confidential client");
-// it acts as clients/<id>, and may touch only tokens issued to it.
-func (s *Server) oauthCaller(c echo.Context, form url.Values, allowPublic bool) (caller *authz.Access, clientID string, err error) {
+// token, or client credentials. Anonymous callers learn nothing.
+func (s *Server) oauthCaller(c echo.Context, form url.Values) (*authz.Access, error) {
 	id, secret, basic, err := clientCredentials(c.Request(), form)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	if id != "" {
-		ctx := c.Request().Context()
-		cl, err := s.svc.AuthenticateClient(ctx, id, secret)
-		if err != nil && allowPublic && secret == "" {
-			if pc, perr := s.svc.Client(ctx, id); perr == nil && pc.Public {
-				return &authz.Access{Subject: clientSubject(pc.ID)}, pc.ID, nil
-			}
-		}
+		cl, err := s.svc.AuthenticateClient(c.Request().Context(), id, secret)
 		if err != nil {
-			return nil, "", asOAuth(err, basic)
+			return nil, asOAuth(err, basic)
 		}
-		return &authz.Access{Subject: cl.Subject}, cl.ID, nil
+		return &authz.Access{Subject: cl.Subject}, nil
 	}
 	acc, err := s.caller(c)
 	if err != nil {
+		return nil, err
+	}
+	return &acc, nil
+}
+
+// revokeCaller is oauthCaller for revocation, where a public client,
+// which has no secret, may name itself by its client_id alone (RFC 7009
+// §2.1 validates credentials only "in case of a confidential client"):
+// it acts as clients/<id>, which may revoke only the tokens issued to it.
+// clientID is set when the caller is a client.
+func (s *Server) revokeCaller(c echo.Context, form url.Values) (caller *authz.Access, clientID string, err error) {
+	id, secret, _, err := clientCredentials(c.Request(), form)
+	if err != nil {
 		return nil, "", err
 	}
-	return &acc, "", nil
+	if id != "" && secret == "" {
+		if cl, err := s.svc.Client(c.Request().Context(), id); err == nil && cl.Public {
+			return &authz.Access{Subject: clientSubject(cl.ID)}, cl.ID, nil
+		}
+	}
+	caller, err = s.oauthCaller(c, form)
+	return caller, id, err
 }
 
 // clientSubject is the subject that stands for a client itself (and
@@ -202,7 +211,7 @@ func (s *Server) revoke(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	caller, clientID, err := s.oauthCaller(c, form, true)
+	caller, clientID, err := s.revokeCaller(c, form)
 	if err != nil {
 		return err
 	}
@@ -242,7 +251,7 @@ func (s *Server) introspect(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := s.oauthCaller(c, form, false); err != nil {
+	if _, err := s.oauthCaller(c, form); err != nil {
 		return err
 	}
 	in, err := s.svc.Introspect(c.Request().Context(), form.Get("token"))
