@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -702,6 +703,22 @@ func TestDiscoveryAndJWKS(t *testing.T) {
 		if m, _ := md["code_challenge_methods_supported"].([]any); len(m) != 1 || m[0] != "S256" {
 			t.Fatalf("code_challenge_methods_supported = %v", md["code_challenge_methods_supported"])
 		}
+		// RFC 8414 §2 (and OpenID Connect discovery's required members),
+		// as the server behaves.
+		for k, want := range map[string]string{
+			"response_types_supported":                      "[code]",
+			"grant_types_supported":                         "[authorization_code refresh_token client_credentials password]",
+			"token_endpoint_auth_methods_supported":         "[client_secret_basic client_secret_post none]",
+			"revocation_endpoint_auth_methods_supported":    "[client_secret_basic client_secret_post none]",
+			"introspection_endpoint_auth_methods_supported": "[client_secret_basic client_secret_post]",
+			"subject_types_supported":                       "[public]",
+			"id_token_signing_alg_values_supported":         "[EdDSA]",
+			"authorization_response_iss_parameter_supported": "true",
+		} {
+			if got := fmt.Sprint(md[k]); got != want {
+				t.Errorf("%s: %s = %s, want %s", p, k, got, want)
+			}
+		}
 	}
 	// With a configured public URL, that is the issuer whatever the Host.
 	b := newAPIOn(t, a.svc, proxy.Config{PublicURL: "https://auth.example.com/"})
@@ -816,6 +833,12 @@ func TestClientRegistry(t *testing.T) {
 	}
 	m := a.login("mallory", "mallory's password")
 	a.expect(a.do("GET", "/auth/clients", nil, bearer(m)), 403, "non-admin list")
+	a.expect(a.do("GET", "/auth/clients/dashboard", nil, bearer(m)), 403, "non-admin get")
+	mh := bearer(m)
+	mh["Content-Type"] = "application/json"
+	a.expect(a.do("POST", "/auth/clients", strings.NewReader(`{"redirect_uris":["https://m.example/cb"]}`), mh), 403, "non-admin create")
+	a.expect(a.do("GET", "/auth/clients", nil, nil), 401, "anonymous list")
+	a.expect(a.do("POST", "/auth/clients", strings.NewReader(`{"redirect_uris":["https://m.example/cb"]}`), map[string]string{"Content-Type": "application/json"}), 401, "anonymous create")
 	a.expect(a.do("DELETE", "/auth/clients/dashboard", nil, bearer(m)), 403, "non-admin delete")
 	a.expect(a.do("DELETE", "/auth/clients/dashboard", nil, bearer(admin)), 204, "delete")
 	a.expect(a.do("GET", "/auth/clients/dashboard", nil, bearer(admin)), 404, "gone")
