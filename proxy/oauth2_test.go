@@ -706,13 +706,13 @@ func TestDiscoveryAndJWKS(t *testing.T) {
 		// RFC 8414 §2 (and OpenID Connect discovery's required members),
 		// as the server behaves.
 		for k, want := range map[string]string{
-			"response_types_supported":                      "[code]",
-			"grant_types_supported":                         "[authorization_code refresh_token client_credentials password]",
-			"token_endpoint_auth_methods_supported":         "[client_secret_basic client_secret_post none]",
-			"revocation_endpoint_auth_methods_supported":    "[client_secret_basic client_secret_post none]",
-			"introspection_endpoint_auth_methods_supported": "[client_secret_basic client_secret_post]",
-			"subject_types_supported":                       "[public]",
-			"id_token_signing_alg_values_supported":         "[EdDSA]",
+			"response_types_supported":                       "[code]",
+			"grant_types_supported":                          "[authorization_code refresh_token client_credentials password]",
+			"token_endpoint_auth_methods_supported":          "[client_secret_basic client_secret_post none]",
+			"revocation_endpoint_auth_methods_supported":     "[client_secret_basic client_secret_post none]",
+			"introspection_endpoint_auth_methods_supported":  "[client_secret_basic client_secret_post]",
+			"subject_types_supported":                        "[public]",
+			"id_token_signing_alg_values_supported":          "[EdDSA]",
 			"authorization_response_iss_parameter_supported": "true",
 		} {
 			if got := fmt.Sprint(md[k]); got != want {
