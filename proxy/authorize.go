@@ -59,6 +59,7 @@ func (s *Server) authorize(c echo.Context) error {
 			v.Set("state", state)
 		}
 		v.Set("iss", s.baseURL(r)) // RFC 9207
+		noStore(c.Response().Header())
 		return c.Redirect(http.StatusSeeOther, withQuery(redirectURI, v))
 	}
 	fail := func(code, desc string) error {

@@ -224,6 +224,9 @@ func (b *browser) signIn(user, pw, rd string) *http.Response {
 	if resp.StatusCode != http.StatusSeeOther {
 		b.t.Fatalf("sign in: %d %s", resp.StatusCode, body)
 	}
+	if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Pragma") != "no-cache" || cookieNamed(resp, "ct_token") == nil {
+		b.t.Fatalf("sign-in answer with the session cookie is cacheable: %v", resp.Header)
+	}
 	return resp
 }
 
@@ -261,6 +264,9 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 		loc, _ := url.Parse(resp.Header.Get("Location"))
 		if !strings.HasPrefix(loc.String(), redirect+"?") {
 			t.Fatalf("authorize redirected to %s, want the client's redirect_uri", loc)
+		}
+		if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Pragma") != "no-cache" {
+			t.Fatalf("the redirect with the code is cacheable: %v", resp.Header)
 		}
 		return loc.Query()
 	}

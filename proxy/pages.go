@@ -118,8 +118,7 @@ func (s *Server) renderPage(c echo.Context, status int, name string, d *pageData
 }
 
 func setPageHeaders(h http.Header) {
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
+	noStore(h)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
 	// Not no-referrer: Chromium then sends "Origin: null" with our own
@@ -127,6 +126,13 @@ func setPageHeaders(h http.Header) {
 	h.Set("Referrer-Policy", "same-origin")
 	// No form-action: the consent form's answer redirects to the client.
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'")
+}
+
+// noStore keeps an answer that carries a token or code out of every cache
+// (RFC 6749 §5.1).
+func noStore(h http.Header) {
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
 }
 
 // renderPageError is the error handler's path for *pageError.
