@@ -86,7 +86,12 @@ func (s *Server) handleError(err error, c echo.Context) {
 		h.Set("Cache-Control", "no-store")
 		h.Set("Pragma", "no-cache")
 		if status == http.StatusUnauthorized {
-			h.Set("WWW-Authenticate", `Bearer realm="portcullis", error="invalid_token"`)
+			// RFC 6750 §3.1: no error code when no credential was sent.
+			v := `Bearer realm="portcullis"`
+			if credentialPresent(req) {
+				v += `, error="invalid_token"`
+			}
+			h.Set("WWW-Authenticate", v)
 		}
 		s.logError(c, status, err)
 		_ = c.JSON(status, map[string]string{"error": oauthCode(status), "error_description": p.Message + explanationSuffix(p)})
