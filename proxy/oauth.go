@@ -128,7 +128,7 @@ func (s *Server) token(c echo.Context) (err error) {
 	}
 	password := form.Get("grant_type") == authz.GrantPassword
 	if password {
-		if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+		if wait := s.loginLimiter.reserve(c.RealIP()); wait > 0 {
 			s.metrics.throttled[throttleAddress].Inc()
 			c.Response().Header().Set("Retry-After", retryAfter(wait))
 			return &oauthResponseError{status: http.StatusTooManyRequests, oe: &authz.OAuthError{Code: "temporarily_unavailable",
@@ -142,11 +142,11 @@ func (s *Server) token(c echo.Context) (err error) {
 		RefreshToken: form.Get("refresh_token"), LoginToken: setCookie,
 	}
 	resp, err := s.svc.RequestToken(c.Request().Context(), req)
+	var oe *authz.OAuthError
+	if wrongGuess := errors.As(err, &oe) && oe.Code == "invalid_grant"; password && !wrongGuess {
+		s.loginLimiter.refund(c.RealIP())
+	}
 	if err != nil {
-		var oe *authz.OAuthError
-		if password && errors.As(err, &oe) && oe.Code == "invalid_grant" {
-			s.loginLimiter.fail(c.RealIP())
-		}
 		if errors.Is(err, authz.ErrThrottled) {
 			s.metrics.throttled[throttleAccount].Inc()
 		}

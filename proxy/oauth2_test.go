@@ -561,6 +561,48 @@ func TestPasswordGuessingIsThrottled(t *testing.T) {
 	retrieveError(t, err, 429, "temporarily_unavailable")
 }
 
+// Guesses sent at once from one address, each at another account, get no
+// more than the address's budget checked: the budget is spent before the
+// password is, not after. Successes give their share back.
+func TestConcurrentGuessesFromOneAddressKeepToItsBudget(t *testing.T) {
+	a := newAPIWith(t, authztest.FastConfig(), proxy.Config{LoginFailureRateLimit: proxy.RateLimit{Rate: 0.001, Burst: 3}})
+	a.admin()
+	if _, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "dave", Password: "dave's password"}, false); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := oauth2.Config{Endpoint: oauth2.Endpoint{TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInParams}}
+	// Successes, one after another, do not spend the budget.
+	for range 5 {
+		if _, err := cfg.PasswordCredentialsToken(ctx, "dave", "dave's password"); err != nil {
+			t.Fatalf("a right password: %v", err)
+		}
+	}
+	for _, path := range []string{"/auth/oauth/token", "/auth/login"} {
+		b := newAPIWith(t, authztest.FastConfig(), proxy.Config{LoginFailureRateLimit: proxy.RateLimit{Rate: 0.001, Burst: 3}})
+		start := make(chan struct{})
+		var mu sync.Mutex
+		codes := map[int]int{}
+		var wg sync.WaitGroup
+		for i := range 24 {
+			wg.Go(func() {
+				form := url.Values{"grant_type": {"password"}, "username": {fmt.Sprintf("guess-%d", i)}, "password": {"guess"}}
+				<-start
+				r := b.do("POST", path, strings.NewReader(form.Encode()), formCT)
+				mu.Lock()
+				codes[r.status]++
+				mu.Unlock()
+			})
+		}
+		close(start)
+		wg.Wait()
+		checked := codes[http.StatusBadRequest] + codes[http.StatusUnauthorized]
+		if checked != 3 || codes[http.StatusTooManyRequests] != 21 {
+			t.Fatalf("%s: 24 guesses at once answered %v, want 3 checked and 21×429", path, codes)
+		}
+	}
+}
+
 func TestRevokeAndIntrospectSemantics(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	admin := a.admin()

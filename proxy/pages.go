@@ -259,7 +259,7 @@ func (s *Server) login(c echo.Context) error {
 	username := r.PostFormValue("username")
 	d := s.loginData(rd)
 	d.Username = username
-	if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+	if wait := s.loginLimiter.reserve(c.RealIP()); wait > 0 {
 		s.metrics.throttled[throttleAddress].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(wait))
 		d.Error = "Too many failed sign-in attempts from your address. Try again later."
@@ -271,14 +271,16 @@ func (s *Server) login(c echo.Context) error {
 	})
 	var oe *authz.OAuthError
 	var te *authz.ThrottledError
+	if !errors.As(err, &oe) {
+		s.loginLimiter.refund(c.RealIP()) // not a wrong guess
+	}
 	switch {
 	case errors.As(err, &te):
 		s.metrics.throttled[throttleAccount].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(te.RetryAfter))
 		d.Error = "Too many failed sign-in attempts for this account. Try again later."
 		return s.renderPage(c, http.StatusTooManyRequests, "login", d)
-	case errors.As(err, &oe):
-		s.loginLimiter.fail(c.RealIP())
+	case oe != nil:
 		d.Error = "Invalid username or password."
 		return s.renderPage(c, http.StatusUnauthorized, "login", d)
 	case err != nil:
