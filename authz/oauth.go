@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -686,10 +687,36 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, redirectURI str
 	if redirectURI == "" && len(c.RedirectURIs) == 1 {
 		return c, nil
 	}
-	if !slices.Contains(c.RedirectURIs, redirectURI) {
+	if !slices.Contains(c.RedirectURIs, redirectURI) &&
+		!slices.ContainsFunc(c.RedirectURIs, func(reg string) bool { return loopbackPortVariant(reg, redirectURI) }) {
 		return Client{}, invalid("redirect_uri", "not registered for this client")
 	}
 	return c, nil
+}
+
+// loopbackPortVariant reports whether requested is the loopback redirect
+// URI registered (without a port) with a port added: native apps listen
+// on whatever port they get, and RFC 8252 §7.3 (RFC 9700 §4.1.3) has the
+// server accept any. Everything else about the URI must match exactly;
+// a URI registered with a port matches only itself.
+func loopbackPortVariant(registered, requested string) bool {
+	for _, origin := range []string{"http://127.0.0.1", "http://[::1]"} {
+		rest, ok := strings.CutPrefix(registered, origin)
+		if !ok || (rest != "" && rest[0] != '/' && rest[0] != '?') {
+			continue
+		}
+		tail, ok := strings.CutPrefix(requested, origin+":")
+		if !ok {
+			return false
+		}
+		n := 0
+		for n < len(tail) && n < 6 && '0' <= tail[n] && tail[n] <= '9' {
+			n++
+		}
+		port, err := strconv.Atoi(tail[:n])
+		return n > 0 && tail[0] != '0' && err == nil && port <= 65535 && tail[n:] == rest
+	}
+	return false
 }
 
 // IssueAuthCode creates a single-use authorization code bound to the

@@ -460,6 +460,45 @@ func TestAuthorizeErrorsGoBackToTheClient(t *testing.T) {
 	}
 }
 
+// A native app registers its loopback redirect URI without a port and
+// listens on whatever port it gets (RFC 8252 §7.3); the code is bound to
+// the port it was asked for. A URI registered with a port stays exact.
+func TestNativeAppLoopbackRedirectOnAnyPort(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	id, _ := a.registerClient(admin, map[string]any{"public": true, "first_party": true, "redirect_uris": []string{"http://127.0.0.1/callback"}})
+	fixed, _ := a.registerClient(admin, map[string]any{"public": true, "first_party": true, "redirect_uris": []string{"http://127.0.0.1:9/callback"}})
+	b := newBrowser(a)
+	b.signIn("root", "rootpassword", "")
+	ctx := context.Background()
+	config := func(client, redirect string) oauth2.Config {
+		return oauth2.Config{ClientID: client, RedirectURL: redirect,
+			Endpoint: oauth2.Endpoint{AuthURL: a.url + "/auth/oauth/authorize", TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInParams}}
+	}
+	verifier := oauth2.GenerateVerifier()
+	cfg := config(id, "http://127.0.0.1:53121/callback")
+	resp, body := b.do("GET", cfg.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || loc == nil || !strings.HasPrefix(loc.String(), "http://127.0.0.1:53121/callback?") || loc.Query().Get("code") == "" {
+		t.Fatalf("a loopback port of the native app: %d %q %s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	if _, err := cfg.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier)); err != nil {
+		t.Fatalf("exchange on the port asked for: %v", err)
+	}
+	resp, _ = b.do("GET", cfg.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+	loc, _ = url.Parse(resp.Header.Get("Location"))
+	other := config(id, "http://127.0.0.1:53122/callback")
+	_, err := other.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
+	retrieveError(t, err, 400, "invalid_grant")
+
+	for _, c := range []oauth2.Config{config(fixed, "http://127.0.0.1:10/callback"), config(id, "http://127.0.0.1:53121/other"), config(id, "http://localhost:53121/callback")} {
+		resp, _ = b.do("GET", c.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Location") != "" {
+			t.Fatalf("%s for %s: %d Location %q, want the error page", c.RedirectURL, c.ClientID, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+}
+
 func TestTokenEndpointRules(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	a.admin()
