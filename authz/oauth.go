@@ -719,26 +719,29 @@ func loopbackPortVariant(registered, requested string) bool {
 	return false
 }
 
-// IssueAuthCode creates a single-use authorization code bound to the
-// client, the redirect URI and the PKCE challenge (S256 only); it expires
-// after 60 seconds.
-func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string, error) {
+// CheckAuthorizeRequest validates an authorization request as
+// IssueAuthCode will, without issuing anything: the client and its
+// redirect URI (ErrNotFound, ErrInvalid), then as *OAuthError the grant,
+// PKCE and the scopes. It returns the client and the scopes a code would
+// carry (the asked ones, else the client's, else the user's own), so that
+// a consent page can show exactly those, and refuse before asking.
+func (s *Service) CheckAuthorizeRequest(ctx context.Context, r AuthorizeRequest) (Client, []string, error) {
 	c, err := s.AuthorizeClient(ctx, r.ClientID, r.RedirectURI)
 	if err != nil {
-		return "", err
+		return Client{}, nil, err
 	}
 	if !slices.Contains(c.GrantTypes, GrantAuthorizationCode) {
-		return "", oauthError("unauthorized_client", "client is not allowed to use the authorization_code grant")
+		return Client{}, nil, oauthError("unauthorized_client", "client is not allowed to use the authorization_code grant")
 	}
 	if r.CodeChallengeMethod != "S256" {
-		return "", oauthError("invalid_request", "PKCE with code_challenge_method=S256 is required")
+		return Client{}, nil, oauthError("invalid_request", "PKCE with code_challenge_method=S256 is required")
 	}
 	if !validPKCEValue(r.CodeChallenge, 43, 43) {
-		return "", oauthError("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)")
+		return Client{}, nil, oauthError("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)")
 	}
 	scopes, err := canonicalScopes(r.Scopes)
 	if err != nil {
-		return "", oauthError("invalid_scope", err.Error())
+		return Client{}, nil, oauthError("invalid_scope", err.Error())
 	}
 	if len(scopes) == 0 {
 		scopes = c.Scopes
@@ -748,7 +751,7 @@ func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string
 		for _, sc := range scopes {
 			p, _ := ParsePermission(sc)
 			if !slices.ContainsFunc(allowed, func(a Permission) bool { return a.Covers(p) }) {
-				return "", oauthError("invalid_scope", "scope "+sc+" is not allowed for this client")
+				return Client{}, nil, oauthError("invalid_scope", "scope "+sc+" is not allowed for this client")
 			}
 		}
 	}
@@ -756,9 +759,20 @@ func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string
 		scopes = defaultLoginScopes
 	}
 	if missing, err := s.subjectHolds(ctx, r.Subject, scopes); err != nil {
-		return "", err
+		return Client{}, nil, err
 	} else if missing != "" {
-		return "", oauthError("invalid_scope", "scope "+missing+" is not granted to the user")
+		return Client{}, nil, oauthError("invalid_scope", "scope "+missing+" is not granted to the user")
+	}
+	return c, scopes, nil
+}
+
+// IssueAuthCode creates a single-use authorization code bound to the
+// client, the redirect URI and the PKCE challenge (S256 only); it expires
+// after 60 seconds.
+func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string, error) {
+	c, scopes, err := s.CheckAuthorizeRequest(ctx, r)
+	if err != nil {
+		return "", err
 	}
 	code := randomString(32)
 	ac := AuthCode{

@@ -409,6 +409,8 @@ func TestAuthorizeErrorsGoBackToTheClient(t *testing.T) {
 	const redirect = "https://app.example.com/cb?keep=1"
 	id, _ := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{redirect}, "scopes": []string{"projects/demo#read"}})
 	noCode, _ := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{redirect}, "grant_types": []string{"client_credentials"}})
+	// A third-party client: the errors come before the consent page.
+	third, _ := a.registerClient(admin, map[string]any{"redirect_uris": []string{redirect}, "scopes": []string{"projects/demo#read"}})
 	b := newBrowser(a)
 	b.signIn("root", "rootpassword", "")
 	challenge := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
@@ -428,6 +430,11 @@ func TestAuthorizeErrorsGoBackToTheClient(t *testing.T) {
 		{"malformed scope", url.Values{"scope": {"no-level"}}, "invalid_scope"},
 		{"scope the client may not ask for", url.Values{"scope": {"projects/demo#write"}}, "invalid_scope"},
 		{"client without the grant", url.Values{"client_id": {noCode}}, "unauthorized_client"},
+		{"third party, scope it may not ask for", url.Values{"client_id": {third}, "scope": {"projects/demo#write"}}, "invalid_scope"},
+		{"third party, malformed scope", url.Values{"client_id": {third}, "scope": {"no-level"}}, "invalid_scope"},
+		{"third party, plain PKCE", url.Values{"client_id": {third}, "code_challenge_method": {"plain"}}, "invalid_request"},
+		{"third party, prompt=none and a bad scope", url.Values{"client_id": {third}, "scope": {"projects/demo#write"}, "prompt": {"none"}}, "invalid_scope"},
+		{"third party, prompt=none", url.Values{"client_id": {third}, "prompt": {"none"}}, "consent_required"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
