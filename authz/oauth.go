@@ -831,7 +831,10 @@ func (s *Service) authorizationCodeGrant(ctx context.Context, req TokenRequest) 
 		return TokenResponse{}, oauthError("invalid_grant", "authorization code expired")
 	case ac.ClientID != client.ID:
 		return TokenResponse{}, oauthError("invalid_grant", "authorization code was issued to another client")
-	case ac.RedirectURI != req.RedirectURI:
+	case ac.RedirectURI != req.RedirectURI && !(ac.RedirectURI == "" && slices.Contains(client.RedirectURIs, req.RedirectURI)):
+		// RFC 6749 §4.1.3: required and identical when the authorization
+		// request had one; without one there, the client's only
+		// registered URI (where the code went) may be named.
 		return TokenResponse{}, oauthError("invalid_grant", "redirect_uri does not match the authorization request")
 	case subtle.ConstantTimeCompare([]byte(challenge), []byte(ac.CodeChallenge)) != 1:
 		return TokenResponse{}, oauthError("invalid_grant", "PKCE verification failed")

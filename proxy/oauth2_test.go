@@ -506,6 +506,57 @@ func TestNativeAppLoopbackRedirectOnAnyPort(t *testing.T) {
 	}
 }
 
+// RFC 6749 §4.1.3: the token request must repeat the redirect_uri of the
+// authorization request; when that had none (the client has one
+// registered URI), the token request may omit it or name that URI.
+func TestRedirectURIAtTheTokenEndpoint(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	const registered = "https://app.example.com/cb"
+	id, secret := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{registered}})
+	b := newBrowser(a)
+	b.signIn("root", "rootpassword", "")
+	ctx := context.Background()
+	verifier := oauth2.GenerateVerifier()
+	code := func(redirect string) string {
+		t.Helper()
+		cfg := oauth2.Config{ClientID: id, RedirectURL: redirect, Endpoint: oauth2.Endpoint{AuthURL: a.url + "/auth/oauth/authorize"}}
+		resp, body := b.do("GET", cfg.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		if resp.StatusCode != http.StatusSeeOther || loc == nil || loc.Query().Get("code") == "" || !strings.HasPrefix(loc.String(), registered+"?") {
+			t.Fatalf("authorize with redirect_uri %q: %d %q %s", redirect, resp.StatusCode, resp.Header.Get("Location"), body)
+		}
+		return loc.Query().Get("code")
+	}
+	exchange := func(c, redirect string) error {
+		cfg := oauth2.Config{ClientID: id, ClientSecret: secret, RedirectURL: redirect,
+			Endpoint: oauth2.Endpoint{TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInHeader}}
+		_, err := cfg.Exchange(ctx, c, oauth2.VerifierOption(verifier))
+		return err
+	}
+	for _, c := range []struct {
+		authorize, token string
+		ok               bool
+	}{
+		{registered, registered, true},
+		{registered, "", false},
+		{"", "", true},
+		{"", registered, true},
+		{"", "https://app.example.com/other", false},
+	} {
+		err := exchange(code(c.authorize), c.token)
+		if c.ok && err != nil {
+			t.Errorf("authorize with %q, token with %q: %v", c.authorize, c.token, err)
+		}
+		if !c.ok {
+			var re *oauth2.RetrieveError
+			if !errors.As(err, &re) || re.ErrorCode != "invalid_grant" {
+				t.Errorf("authorize with %q, token with %q: %v, want invalid_grant", c.authorize, c.token, err)
+			}
+		}
+	}
+}
+
 func TestTokenEndpointRules(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	a.admin()
