@@ -294,8 +294,8 @@ func (s *Server) login(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, rd)
 }
 
-// logout is GET and POST /auth/logout: the presented token is revoked
-// server-side and the cookies cleared. A GET that a browser marks as
+// logout is GET and POST /auth/logout: the presented login token is
+// revoked server-side and the cookies cleared. A GET that a browser marks as
 // cross-site only gets a confirmation form, so that another site cannot
 // sign people out with an image tag.
 func (s *Server) logout(c echo.Context) error {
@@ -317,11 +317,20 @@ func (s *Server) logout(c echo.Context) error {
 		return err
 	}
 	if tok != "" {
-		rev, err := s.svc.RevokeToken(r.Context(), nil, tok)
-		if err != nil {
+		// Only a sign-in ends here: an API token that rode the cookie or
+		// the header (contaxy allows both) is left alone, for the
+		// scripts that use it.
+		acc, err := s.caller(c)
+		switch {
+		case err == nil && acc.Token.Purpose == authz.PurposeLogin:
+			rev, err := s.svc.RevokeToken(r.Context(), nil, tok)
+			if err != nil {
+				return err
+			}
+			setRevision(c, rev)
+		case err != nil && !errors.Is(err, authz.ErrUnauthenticated):
 			return err
 		}
-		setRevision(c, rev)
 	}
 	s.clearSessionCookies(c)
 	if rd == "" {

@@ -180,6 +180,25 @@ func TestLogoutRevokesTheLoginToken(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("account page after logout: %d", resp.StatusCode)
 	}
+
+	// Signing out ends a sign-in, not the API token a script put in the
+	// cookie or the header: the cookies go, the token stays.
+	admin := a.login("root", "rootpassword")
+	var api string
+	a.expect(a.do("POST", "/auth/tokens?token_type=api-token&description=script", nil, bearer(admin)), 200, "API token").json(t, &api)
+	for _, hdr := range []map[string]string{{"Cookie": "ct_token=" + api}, bearer(api)} {
+		resp, _ = b.do("GET", "/auth/logout", nil, hdr)
+		if resp.StatusCode != http.StatusSeeOther || cookieNamed(resp, "ct_token") == nil {
+			t.Fatalf("logout with an API token: %d", resp.StatusCode)
+		}
+		a.expect(a.do("GET", "/users/me", nil, bearer(api)), 200, "the API token after a logout that presented it")
+	}
+	// A session JWT (the password grant's access token) is a sign-in.
+	resp, _ = b.do("GET", "/auth/logout", nil, bearer(admin))
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout with a session JWT: %d", resp.StatusCode)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer(admin)), 401, "the session JWT after logout")
 }
 
 // Cookies are Secure when the client used HTTPS, also through a trusted
