@@ -559,7 +559,19 @@ func TestRedirectURIAtTheTokenEndpoint(t *testing.T) {
 
 func TestTokenEndpointRules(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
-	a.admin()
+	admin := a.admin()
+	// RFC 6749 §2.3.1: Basic credentials are form-urlencoded first; a
+	// client that escapes every byte is understood.
+	id, secret := a.registerClient(admin, map[string]any{"client_id": "batch-job.v2", "grant_types": []string{"client_credentials"}})
+	escapeAll := func(v string) string {
+		var sb strings.Builder
+		for i := 0; i < len(v); i++ {
+			fmt.Fprintf(&sb, "%%%02X", v[i])
+		}
+		return sb.String()
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(escapeAll(id)+":"+escapeAll(secret)))
+	a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=client_credentials"), map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Authorization": basic}), 200, "percent-encoded Basic credentials")
 	r := a.expect(a.do("GET", "/auth/oauth/token?grant_type=password&username=root&password=rootpassword", nil, nil), 405, "GET token")
 	var oe map[string]string
 	r.json(t, &oe)
