@@ -2,10 +2,12 @@ package proxy_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/proxy"
 )
 
@@ -234,5 +236,22 @@ func TestSessionCookieIsSecureBehindATrustedProxy(t *testing.T) {
 		if uc := cookieNamed(&http.Response{Header: r.header}, "ctxy_authorized_user"); uc == nil || uc.Secure != c.secure {
 			t.Errorf("%s: user cookie %+v", c.name, uc)
 		}
+	}
+
+	// HTTPS straight to Portcullis.
+	svc := newService(t)
+	if _, _, err := svc.CreateUser(bg, authz.UserInput{Username: "tls", Password: "tls password"}, false); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(proxy.New(svc, proxy.Config{}))
+	t.Cleanup(srv.Close)
+	form := url.Values{"grant_type": {"password"}, "username": {"tls"}, "password": {"tls password"}, "set_as_cookie": {"true"}}
+	resp, err := srv.Client().PostForm(srv.URL+"/auth/oauth/token", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ck := cookieNamed(resp, "ct_token"); resp.StatusCode != 200 || ck == nil || !ck.Secure || !ck.HttpOnly {
+		t.Errorf("direct HTTPS: %d, cookie %+v, want Secure", resp.StatusCode, ck)
 	}
 }
