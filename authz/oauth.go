@@ -469,6 +469,10 @@ func (s *Service) refreshGrant(ctx context.Context, req TokenRequest) (TokenResp
 	}
 	// The token must be presented by the client it was issued to.
 	if rec.ClientID != "" || req.ClientID != "" {
+		if req.ClientID == "" {
+			// RFC 6749 §5.2: "no client authentication included".
+			return TokenResponse{}, oauthError("invalid_client", "client authentication required: the refresh token was issued to a client")
+		}
 		if req.ClientID != rec.ClientID {
 			return TokenResponse{}, oauthError("invalid_grant", "refresh token was issued to another client")
 		}

@@ -315,6 +315,10 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client must authenticate to refresh (RFC 6749 §6, §5.2).
+	anonymous := oauth2.Config{Endpoint: oauth2.Endpoint{TokenURL: cfg.Endpoint.TokenURL, AuthStyle: oauth2.AuthStyleInParams}}
+	_, err = anonymous.TokenSource(ctx, &oauth2.Token{RefreshToken: tok2.RefreshToken}).Token()
+	retrieveError(t, err, 401, "invalid_client")
 	_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
 	retrieveError(t, err, 400, "invalid_grant")
 	_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok2.RefreshToken}).Token()
