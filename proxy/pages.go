@@ -317,20 +317,14 @@ func (s *Server) logout(c echo.Context) error {
 		return err
 	}
 	if tok != "" {
-		// Only a sign-in ends here: an API token that rode the cookie or
-		// the header (contaxy allows both) is left alone, for the
-		// scripts that use it.
-		acc, err := s.caller(c)
-		switch {
-		case err == nil && acc.Token.Purpose == authz.PurposeLogin:
-			rev, err := s.svc.RevokeToken(r.Context(), nil, tok)
-			if err != nil {
-				return err
-			}
-			setRevision(c, rev)
-		case err != nil && !errors.Is(err, authz.ErrUnauthenticated):
+		// Only a sign-in ends here, with the refresh token it came with:
+		// an API token that rode the cookie or the header (contaxy allows
+		// both) is left alone, for the scripts that use it.
+		rev, _, err := s.svc.SignOut(r.Context(), tok)
+		if err != nil {
 			return err
 		}
+		setRevision(c, rev)
 	}
 	s.clearSessionCookies(c)
 	if rd == "" {

@@ -195,6 +195,37 @@ func TestLogoutRevokesTheLoginToken(t *testing.T) {
 		}
 		a.expect(a.do("GET", "/users/me", nil, bearer(api)), 200, "the API token after a logout that presented it")
 	}
+	// contaxy's sign-in (set_as_cookie) also hands out a refresh token:
+	// signing out ends it too, after a rotation as well, so it cannot
+	// mint a new session. Another sign-in of the same user lives on.
+	other := a.login("root", "rootpassword")
+	cookieGrant := func(form url.Values) (cookie, refresh string) {
+		t.Helper()
+		r := a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(form.Encode()), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}), 200, "set_as_cookie grant")
+		var tr struct {
+			Refresh string `json:"refresh_token"`
+		}
+		r.json(t, &tr)
+		ck := cookieNamed(&http.Response{Header: r.header}, "ct_token")
+		if ck == nil || tr.Refresh == "" {
+			t.Fatalf("set_as_cookie grant: %s", r.body)
+		}
+		return ck.Value, tr.Refresh
+	}
+	_, refresh := cookieGrant(url.Values{"grant_type": {"password"}, "username": {"root"}, "password": {"rootpassword"}, "set_as_cookie": {"true"}})
+	cookie, refresh := cookieGrant(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}, "set_as_cookie": {"true"}})
+	resp, _ = b.do("GET", "/auth/logout", nil, map[string]string{"Cookie": "ct_token=" + cookie})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer(cookie)), 401, "the login token after logout")
+	r := a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}}.Encode()),
+		map[string]string{"Content-Type": "application/x-www-form-urlencoded"}), 400, "the sign-in's refresh token after logout")
+	if !strings.Contains(string(r.body), "invalid_grant") {
+		t.Fatalf("refresh after logout: %s", r.body)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer(other)), 200, "another sign-in of the same user")
+
 	// A session JWT (the password grant's access token) is a sign-in.
 	resp, _ = b.do("GET", "/auth/logout", nil, bearer(admin))
 	if resp.StatusCode != http.StatusSeeOther {
