@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -468,6 +469,10 @@ func (s *Service) refreshGrant(ctx context.Context, req TokenRequest) (TokenResp
 	}
 	// The token must be presented by the client it was issued to.
 	if rec.ClientID != "" || req.ClientID != "" {
+		if req.ClientID == "" {
+			// RFC 6749 §5.2: "no client authentication included".
+			return TokenResponse{}, oauthError("invalid_client", "client authentication required: the refresh token was issued to a client")
+		}
 		if req.ClientID != rec.ClientID {
 			return TokenResponse{}, oauthError("invalid_grant", "refresh token was issued to another client")
 		}
@@ -686,32 +691,61 @@ func (s *Service) AuthorizeClient(ctx context.Context, clientID, redirectURI str
 	if redirectURI == "" && len(c.RedirectURIs) == 1 {
 		return c, nil
 	}
-	if !slices.Contains(c.RedirectURIs, redirectURI) {
+	if !slices.Contains(c.RedirectURIs, redirectURI) &&
+		!slices.ContainsFunc(c.RedirectURIs, func(reg string) bool { return loopbackPortVariant(reg, redirectURI) }) {
 		return Client{}, invalid("redirect_uri", "not registered for this client")
 	}
 	return c, nil
 }
 
-// IssueAuthCode creates a single-use authorization code bound to the
-// client, the redirect URI and the PKCE challenge (S256 only); it expires
-// after 60 seconds.
-func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string, error) {
+// loopbackPortVariant reports whether requested is the loopback redirect
+// URI registered (without a port) with a port added: native apps listen
+// on whatever port they get, and RFC 8252 §7.3 (RFC 9700 §4.1.3) has the
+// server accept any. Everything else about the URI must match exactly;
+// a URI registered with a port matches only itself.
+func loopbackPortVariant(registered, requested string) bool {
+	for _, origin := range []string{"http://127.0.0.1", "http://[::1]"} {
+		rest, ok := strings.CutPrefix(registered, origin)
+		if !ok || (rest != "" && rest[0] != '/' && rest[0] != '?') {
+			continue
+		}
+		tail, ok := strings.CutPrefix(requested, origin+":")
+		if !ok {
+			return false
+		}
+		n := 0
+		for n < len(tail) && n < 6 && '0' <= tail[n] && tail[n] <= '9' {
+			n++
+		}
+		port, err := strconv.Atoi(tail[:n])
+		return n > 0 && tail[0] != '0' && err == nil && port <= 65535 && tail[n:] == rest
+	}
+	return false
+}
+
+// CheckAuthorizeRequest validates an authorization request as
+// IssueAuthCode will, without issuing anything: the client and its
+// redirect URI (ErrNotFound, ErrInvalid), then as *OAuthError the grant,
+// PKCE and the scopes. It returns the client and the scopes a code would
+// carry (the asked ones, else the client's, else the user's own), so that
+// a consent page can show exactly those, and refuse before asking.
+func (s *Service) CheckAuthorizeRequest(ctx context.Context, r AuthorizeRequest) (Client, []string, error) {
 	c, err := s.AuthorizeClient(ctx, r.ClientID, r.RedirectURI)
 	if err != nil {
-		return "", err
+		return Client{}, nil, err
 	}
 	if !slices.Contains(c.GrantTypes, GrantAuthorizationCode) {
-		return "", oauthError("unauthorized_client", "client is not allowed to use the authorization_code grant")
+		return Client{}, nil, oauthError("unauthorized_client", "client is not allowed to use the authorization_code grant")
 	}
 	if r.CodeChallengeMethod != "S256" {
-		return "", oauthError("invalid_request", "PKCE with code_challenge_method=S256 is required")
+		return Client{}, nil, oauthError("invalid_request", "PKCE with code_challenge_method=S256 is required")
 	}
 	if !validPKCEValue(r.CodeChallenge, 43, 43) {
-		return "", oauthError("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)")
+		return Client{}, nil, oauthError("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)")
 	}
 	scopes, err := canonicalScopes(r.Scopes)
 	if err != nil {
-		return "", oauthError("invalid_scope", err.Error())
+		return Client{}, nil, oauthError("invalid_scope", err.Error())
 	}
 	if len(scopes) == 0 {
 		scopes = c.Scopes
@@ -721,7 +755,7 @@ func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string
 		for _, sc := range scopes {
 			p, _ := ParsePermission(sc)
 			if !slices.ContainsFunc(allowed, func(a Permission) bool { return a.Covers(p) }) {
-				return "", oauthError("invalid_scope", "scope "+sc+" is not allowed for this client")
+				return Client{}, nil, oauthError("invalid_scope", "scope "+sc+" is not allowed for this client")
 			}
 		}
 	}
@@ -729,9 +763,20 @@ func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string
 		scopes = defaultLoginScopes
 	}
 	if missing, err := s.subjectHolds(ctx, r.Subject, scopes); err != nil {
-		return "", err
+		return Client{}, nil, err
 	} else if missing != "" {
-		return "", oauthError("invalid_scope", "scope "+missing+" is not granted to the user")
+		return Client{}, nil, oauthError("invalid_scope", "scope "+missing+" is not granted to the user")
+	}
+	return c, scopes, nil
+}
+
+// IssueAuthCode creates a single-use authorization code bound to the
+// client, the redirect URI and the PKCE challenge (S256 only); it expires
+// after 60 seconds.
+func (s *Service) IssueAuthCode(ctx context.Context, r AuthorizeRequest) (string, error) {
+	c, scopes, err := s.CheckAuthorizeRequest(ctx, r)
+	if err != nil {
+		return "", err
 	}
 	code := randomString(32)
 	ac := AuthCode{
@@ -790,7 +835,10 @@ func (s *Service) authorizationCodeGrant(ctx context.Context, req TokenRequest) 
 		return TokenResponse{}, oauthError("invalid_grant", "authorization code expired")
 	case ac.ClientID != client.ID:
 		return TokenResponse{}, oauthError("invalid_grant", "authorization code was issued to another client")
-	case ac.RedirectURI != req.RedirectURI:
+	case ac.RedirectURI != req.RedirectURI && !(ac.RedirectURI == "" && slices.Contains(client.RedirectURIs, req.RedirectURI)):
+		// RFC 6749 §4.1.3: required and identical when the authorization
+		// request had one; without one there, the client's only
+		// registered URI (where the code went) may be named.
 		return TokenResponse{}, oauthError("invalid_grant", "redirect_uri does not match the authorization request")
 	case subtle.ConstantTimeCompare([]byte(challenge), []byte(ac.CodeChallenge)) != 1:
 		return TokenResponse{}, oauthError("invalid_grant", "PKCE verification failed")

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/labstack/echo/v4"
@@ -59,12 +60,17 @@ func (s *Server) authorize(c echo.Context) error {
 			v.Set("state", state)
 		}
 		v.Set("iss", s.baseURL(r)) // RFC 9207
+		noStore(c.Response().Header())
 		return c.Redirect(http.StatusSeeOther, withQuery(redirectURI, v))
 	}
 	fail := func(code, desc string) error {
 		return back(url.Values{"error": {code}, "error_description": {desc}})
 	}
-	if rt := params.Get("response_type"); rt != "code" {
+	switch params.Get("response_type") {
+	case "code":
+	case "":
+		return fail("invalid_request", "response_type is required")
+	default:
 		return fail("unsupported_response_type", "only response_type=code is supported")
 	}
 	if params.Get("code_challenge_method") != "S256" || len(params.Get("code_challenge")) != 43 {
@@ -84,7 +90,12 @@ func (s *Server) authorize(c echo.Context) error {
 		}
 		return s.loginRedirect(c, s.cfg.APIPrefix+r.URL.RequestURI())
 	}
-	scopes := strings.Fields(params.Get("scope"))
+	areq := authz.AuthorizeRequest{
+		ClientID: client.ID, RedirectURI: params.Get("redirect_uri"), Subject: acc.Subject, Scopes: strings.Fields(params.Get("scope")),
+		CodeChallenge: params.Get("code_challenge"), CodeChallengeMethod: params.Get("code_challenge_method"),
+		Nonce: params.Get("nonce"),
+	}
+	var oe *authz.OAuthError
 	if r.Method == http.MethodPost {
 		if err := s.checkForm(c); err != nil {
 			return err
@@ -93,14 +104,19 @@ func (s *Server) authorize(c echo.Context) error {
 			return fail("access_denied", "the user denied the request")
 		}
 	} else if !client.FirstParty {
+		// Refuse before asking: the person should not approve a request
+		// that fails anyway (a scope the client or the user lacks).
+		_, shown, err := s.svc.CheckAuthorizeRequest(ctx, areq)
+		if errors.As(err, &oe) {
+			return fail(oe.Code, oe.Description)
+		}
+		if err != nil {
+			return err
+		}
 		if hasWord(prompt, "none") {
 			return fail("consent_required", "the user must approve this client")
 		}
-		shown := scopes
-		if len(shown) == 0 {
-			shown = client.Scopes
-		}
-		if len(shown) == 0 {
+		if slices.Equal(shown, []string{"*#admin"}) {
 			shown = []string{"*#admin (everything you may do)"}
 		}
 		hidden := map[string]string{}
@@ -118,12 +134,7 @@ func (s *Server) authorize(c echo.Context) error {
 			RedirectHost: ru.Scheme + "://" + ru.Host,
 		})
 	}
-	code, err := s.svc.IssueAuthCode(ctx, authz.AuthorizeRequest{
-		ClientID: client.ID, RedirectURI: params.Get("redirect_uri"), Subject: acc.Subject, Scopes: scopes,
-		CodeChallenge: params.Get("code_challenge"), CodeChallengeMethod: params.Get("code_challenge_method"),
-		Nonce: params.Get("nonce"),
-	})
-	var oe *authz.OAuthError
+	code, err := s.svc.IssueAuthCode(ctx, areq)
 	if errors.As(err, &oe) {
 		return fail(oe.Code, oe.Description)
 	}

@@ -189,7 +189,9 @@ func randomToken() string {
 
 // setSessionCookies puts a login token into ct_token (HttpOnly) and the
 // user id into ctxy_authorized_user (readable by contaxy's web app).
+// The answer carries the token, so no cache may keep it.
 func (s *Server) setSessionCookies(c echo.Context, token, userID string, maxAge int) {
+	noStore(c.Response().Header())
 	secure := s.requestHTTPS(c.Request())
 	c.SetCookie(&http.Cookie{Name: tokenCookie, Value: token, Path: "/", HttpOnly: true, Secure: secure,
 		SameSite: http.SameSiteLaxMode, MaxAge: maxAge})

@@ -2,6 +2,9 @@ package proxy_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -9,6 +12,7 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+	"golang.org/x/oauth2"
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/proxy"
@@ -165,5 +169,84 @@ func TestBrowserSignInTokenLifecycleSignOut(t *testing.T) {
 		if tk.Purpose == authz.PurposeLogin {
 			t.Fatalf("a login token survived sign-out: %+v", tk)
 		}
+	}
+}
+
+// A person lets a third-party application act for them: the application
+// (golang.org/x/oauth2, PKCE S256) sends the browser to the authorization
+// endpoint, the person signs in, reads the consent page and allows it;
+// the browser arrives at the application's redirect_uri with a code and
+// the state, and the code buys a token bounded by the asked scope. A
+// second request is denied on the consent page.
+func TestBrowserAuthorizationCodeWithConsent(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	u, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "alice", Password: "alice's password"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.svc.AddPermission(bg, "users/"+u.ID, "projects/demo#write"); err != nil {
+		t.Fatal(err)
+	}
+	// The application's callback: it keeps what the browser brought.
+	arrived := make(chan url.Values, 2)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/callback" {
+			arrived <- r.URL.Query()
+		}
+		_, _ = w.Write([]byte("<!doctype html><title>back at the app</title><p id=app>back at the app</p>"))
+	}))
+	t.Cleanup(app.Close)
+	id, secret := a.registerClient(admin, map[string]any{"name": "Demo Dashboard", "redirect_uris": []string{app.URL + "/callback"},
+		"scopes": []string{"projects/demo#read"}})
+	cfg := oauth2.Config{ClientID: id, ClientSecret: secret, RedirectURL: app.URL + "/callback", Scopes: []string{"projects/demo#read"},
+		Endpoint: oauth2.Endpoint{AuthURL: a.url + "/auth/oauth/authorize", TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInHeader}}
+	verifier := oauth2.GenerateVerifier()
+
+	ctx := chromium(t)
+	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		inBrowser(t, ctx, what, chromedp.Steps(steps...))
+	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do("start the authorization", chromedp.Navigate(cfg.AuthCodeURL("state-1", oauth2.S256ChallengeOption(verifier))),
+		chromedp.WaitVisible(css("#login-form")))
+	do("sign in",
+		chromedp.SendKeys(css("#username"), "alice"),
+		chromedp.SendKeys(css("#password"), "alice's password"),
+		chromedp.Click(css("#sign-in")),
+		chromedp.WaitVisible(css("#allow")))
+	page := inBrowser(t, ctx, "consent page", chromedp.OuterHTML(css("main")))
+	if !strings.Contains(page, "Demo Dashboard") || !strings.Contains(page, "projects/demo#read") || !strings.Contains(page, app.URL) {
+		t.Fatalf("the consent page does not say who asks for what and where it goes: %s", page)
+	}
+	do("allow", chromedp.Click(css("#allow")), chromedp.WaitVisible(css("#app")))
+	var q url.Values
+	select {
+	case q = <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the browser did not come back to the application")
+	}
+	if q.Get("state") != "state-1" || q.Get("code") == "" || q.Get("iss") != a.url || q.Has("error") {
+		t.Fatalf("authorization response %v", q)
+	}
+	tok, err := cfg.Exchange(context.Background(), q.Get("code"), oauth2.VerifierOption(verifier))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/demo%23read", nil, bearer(tok.AccessToken)), 200, "the application's token")
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/demo%23write", nil, bearer(tok.AccessToken)), 403, "bounded by the scope it asked for")
+
+	// Signed in already: straight to the consent page, and a denial goes
+	// back to the application as access_denied.
+	do("ask again and deny", chromedp.Navigate(cfg.AuthCodeURL("state-2", oauth2.S256ChallengeOption(verifier))),
+		chromedp.WaitVisible(css("#deny")), chromedp.Click(css("#deny")), chromedp.WaitVisible(css("#app")))
+	select {
+	case q = <-arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the browser did not come back to the application after the denial")
+	}
+	if q.Get("error") != "access_denied" || q.Get("state") != "state-2" || q.Has("code") {
+		t.Fatalf("denied authorization response %v", q)
 	}
 }

@@ -25,6 +25,11 @@ func oauthForm(c echo.Context) (url.Values, error) {
 		}
 	}
 	ct := req.Header.Get("Content-Type")
+	if ct == "" && req.ContentLength != 0 {
+		// net/http would ignore the body: say why rather than answer
+		// that grant_type is missing.
+		return nil, oauthInvalid("invalid_request", "the body must be application/x-www-form-urlencoded (Content-Type is missing)")
+	}
 	if ct != "" && !strings.HasPrefix(strings.ToLower(ct), "application/x-www-form-urlencoded") && !strings.HasPrefix(strings.ToLower(ct), "multipart/form-data") {
 		return nil, oauthInvalid("invalid_request", "the body must be application/x-www-form-urlencoded")
 	}
@@ -123,7 +128,7 @@ func (s *Server) token(c echo.Context) (err error) {
 	}
 	password := form.Get("grant_type") == authz.GrantPassword
 	if password {
-		if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+		if wait := s.loginLimiter.reserve(c.RealIP()); wait > 0 {
 			s.metrics.throttled[throttleAddress].Inc()
 			c.Response().Header().Set("Retry-After", retryAfter(wait))
 			return &oauthResponseError{status: http.StatusTooManyRequests, oe: &authz.OAuthError{Code: "temporarily_unavailable",
@@ -137,11 +142,11 @@ func (s *Server) token(c echo.Context) (err error) {
 		RefreshToken: form.Get("refresh_token"), LoginToken: setCookie,
 	}
 	resp, err := s.svc.RequestToken(c.Request().Context(), req)
+	var oe *authz.OAuthError
+	if wrongGuess := errors.As(err, &oe) && oe.Code == "invalid_grant"; password && !wrongGuess {
+		s.loginLimiter.refund(c.RealIP())
+	}
 	if err != nil {
-		var oe *authz.OAuthError
-		if password && errors.As(err, &oe) && oe.Code == "invalid_grant" {
-			s.loginLimiter.fail(c.RealIP())
-		}
 		if errors.Is(err, authz.ErrThrottled) {
 			s.metrics.throttled[throttleAccount].Inc()
 		}
@@ -178,12 +183,35 @@ func (s *Server) oauthCaller(c echo.Context, form url.Values) (*authz.Access, er
 	return &acc, nil
 }
 
+// revokeCaller is oauthCaller for revocation, where a public client,
+// which has no secret, may name itself by its client_id alone (RFC 7009
+// §2.1 validates credentials only "in case of a confidential client"):
+// it acts as clients/<id>, which may revoke only the tokens issued to it.
+// clientID is set when the caller is a client.
+func (s *Server) revokeCaller(c echo.Context, form url.Values) (caller *authz.Access, clientID string, err error) {
+	id, secret, _, err := clientCredentials(c.Request(), form)
+	if err != nil {
+		return nil, "", err
+	}
+	if id != "" && secret == "" {
+		if cl, err := s.svc.Client(c.Request().Context(), id); err == nil && cl.Public {
+			return &authz.Access{Subject: clientSubject(cl.ID)}, cl.ID, nil
+		}
+	}
+	caller, err = s.oauthCaller(c, form)
+	return caller, id, err
+}
+
+// clientSubject is the subject that stands for a client itself (and
+// that authz lets revoke the tokens issued to the client).
+func clientSubject(id string) string { return "clients/" + id }
+
 func (s *Server) revoke(c echo.Context) error {
 	form, err := oauthForm(c)
 	if err != nil {
 		return err
 	}
-	caller, err := s.oauthCaller(c, form)
+	caller, clientID, err := s.revokeCaller(c, form)
 	if err != nil {
 		return err
 	}
@@ -191,7 +219,24 @@ func (s *Server) revoke(c echo.Context) error {
 	if tok == "" {
 		return oauthInvalid("invalid_request", "token is required")
 	}
-	rev, err := s.svc.RevokeToken(c.Request().Context(), caller, tok)
+	// A client acts as its subject (what it administers through its
+	// grants) and, when that is another one, as itself: the tokens
+	// issued to it are its to revoke whatever subject it acts as.
+	callers := []*authz.Access{caller}
+	if clientID != "" && caller.Subject != clientSubject(clientID) {
+		callers = append(callers, &authz.Access{Subject: clientSubject(clientID)})
+	}
+	var rev authz.Revision
+	for _, who := range callers {
+		if rev, err = s.svc.RevokeToken(c.Request().Context(), who, tok); !errors.Is(err, authz.ErrPermissionDenied) {
+			break
+		}
+	}
+	if clientID != "" && errors.Is(err, authz.ErrPermissionDenied) {
+		// RFC 7009 §2.1: refused, with an RFC 6749 §5.2 error.
+		return &oauthResponseError{status: http.StatusBadRequest, oe: &authz.OAuthError{Code: "unauthorized_client",
+			Description: "the token was not issued to this client"}}
+	}
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -223,6 +224,9 @@ func (b *browser) signIn(user, pw, rd string) *http.Response {
 	if resp.StatusCode != http.StatusSeeOther {
 		b.t.Fatalf("sign in: %d %s", resp.StatusCode, body)
 	}
+	if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Pragma") != "no-cache" || cookieNamed(resp, "ct_token") == nil {
+		b.t.Fatalf("sign-in answer with the session cookie is cacheable: %v", resp.Header)
+	}
 	return resp
 }
 
@@ -260,6 +264,9 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 		loc, _ := url.Parse(resp.Header.Get("Location"))
 		if !strings.HasPrefix(loc.String(), redirect+"?") {
 			t.Fatalf("authorize redirected to %s, want the client's redirect_uri", loc)
+		}
+		if resp.Header.Get("Cache-Control") != "no-store" || resp.Header.Get("Pragma") != "no-cache" {
+			t.Fatalf("the redirect with the code is cacheable: %v", resp.Header)
 		}
 		return loc.Query()
 	}
@@ -308,6 +315,10 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client must authenticate to refresh (RFC 6749 §6, §5.2).
+	anonymous := oauth2.Config{Endpoint: oauth2.Endpoint{TokenURL: cfg.Endpoint.TokenURL, AuthStyle: oauth2.AuthStyleInParams}}
+	_, err = anonymous.TokenSource(ctx, &oauth2.Token{RefreshToken: tok2.RefreshToken}).Token()
+	retrieveError(t, err, 401, "invalid_client")
 	_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok.RefreshToken}).Token()
 	retrieveError(t, err, 400, "invalid_grant")
 	_, err = cfg.TokenSource(ctx, &oauth2.Token{RefreshToken: tok2.RefreshToken}).Token()
@@ -393,9 +404,178 @@ func TestOAuth2AuthorizationCodeWithPKCE(t *testing.T) {
 	}
 }
 
+// Every authorization request error that is not about the client or its
+// redirect_uri goes back to the registered redirect_uri with the RFC 6749
+// §4.1.2.1 code, the state and the issuer (RFC 9207).
+func TestAuthorizeErrorsGoBackToTheClient(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	const redirect = "https://app.example.com/cb?keep=1"
+	id, _ := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{redirect}, "scopes": []string{"projects/demo#read"}})
+	noCode, _ := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{redirect}, "grant_types": []string{"client_credentials"}})
+	// A third-party client: the errors come before the consent page.
+	third, _ := a.registerClient(admin, map[string]any{"redirect_uris": []string{redirect}, "scopes": []string{"projects/demo#read"}})
+	b := newBrowser(a)
+	b.signIn("root", "rootpassword", "")
+	challenge := oauth2.S256ChallengeFromVerifier(oauth2.GenerateVerifier())
+	good := url.Values{"response_type": {"code"}, "client_id": {id}, "redirect_uri": {redirect}, "state": {"xyz"},
+		"code_challenge": {challenge}, "code_challenge_method": {"S256"}}
+	cases := []struct {
+		name   string
+		change url.Values // "" deletes the parameter
+		want   string
+	}{
+		{"no response_type", url.Values{"response_type": {""}}, "invalid_request"},
+		{"implicit grant", url.Values{"response_type": {"token"}}, "unsupported_response_type"},
+		{"hybrid", url.Values{"response_type": {"code token"}}, "unsupported_response_type"},
+		{"no PKCE", url.Values{"code_challenge": {""}, "code_challenge_method": {""}}, "invalid_request"},
+		{"plain PKCE", url.Values{"code_challenge_method": {"plain"}}, "invalid_request"},
+		{"short challenge", url.Values{"code_challenge": {"abc"}}, "invalid_request"},
+		{"malformed scope", url.Values{"scope": {"no-level"}}, "invalid_scope"},
+		{"scope the client may not ask for", url.Values{"scope": {"projects/demo#write"}}, "invalid_scope"},
+		{"client without the grant", url.Values{"client_id": {noCode}}, "unauthorized_client"},
+		{"third party, scope it may not ask for", url.Values{"client_id": {third}, "scope": {"projects/demo#write"}}, "invalid_scope"},
+		{"third party, malformed scope", url.Values{"client_id": {third}, "scope": {"no-level"}}, "invalid_scope"},
+		{"third party, plain PKCE", url.Values{"client_id": {third}, "code_challenge_method": {"plain"}}, "invalid_request"},
+		{"third party, prompt=none and a bad scope", url.Values{"client_id": {third}, "scope": {"projects/demo#write"}, "prompt": {"none"}}, "invalid_scope"},
+		{"third party, prompt=none", url.Values{"client_id": {third}, "prompt": {"none"}}, "consent_required"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			q := url.Values{}
+			for k, v := range good {
+				q[k] = v
+			}
+			for k, v := range c.change {
+				if v[0] == "" {
+					q.Del(k)
+				} else {
+					q[k] = v
+				}
+			}
+			resp, body := b.do("GET", "/auth/oauth/authorize?"+q.Encode(), nil, nil)
+			loc, err := url.Parse(resp.Header.Get("Location"))
+			if resp.StatusCode != http.StatusSeeOther || err != nil || !strings.HasPrefix(loc.String(), "https://app.example.com/cb?") {
+				t.Fatalf("%d Location %q, want 303 to the redirect_uri; body %s", resp.StatusCode, resp.Header.Get("Location"), body)
+			}
+			got := loc.Query()
+			if got.Get("error") != c.want || got.Get("error_description") == "" || got.Get("state") != "xyz" || got.Get("iss") != a.url || got.Get("keep") != "1" || got.Has("code") {
+				t.Fatalf("redirected with %v, want error %q, state, iss and the registered query", got, c.want)
+			}
+		})
+	}
+	// The good request itself gets a code: the cases above fail for their change only.
+	resp, _ := b.do("GET", "/auth/oauth/authorize?"+good.Encode(), nil, nil)
+	if loc, _ := url.Parse(resp.Header.Get("Location")); loc == nil || loc.Query().Get("code") == "" {
+		t.Fatalf("the good request: %d Location %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+}
+
+// A native app registers its loopback redirect URI without a port and
+// listens on whatever port it gets (RFC 8252 §7.3); the code is bound to
+// the port it was asked for. A URI registered with a port stays exact.
+func TestNativeAppLoopbackRedirectOnAnyPort(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	id, _ := a.registerClient(admin, map[string]any{"public": true, "first_party": true, "redirect_uris": []string{"http://127.0.0.1/callback"}})
+	fixed, _ := a.registerClient(admin, map[string]any{"public": true, "first_party": true, "redirect_uris": []string{"http://127.0.0.1:9/callback"}})
+	b := newBrowser(a)
+	b.signIn("root", "rootpassword", "")
+	ctx := context.Background()
+	config := func(client, redirect string) oauth2.Config {
+		return oauth2.Config{ClientID: client, RedirectURL: redirect,
+			Endpoint: oauth2.Endpoint{AuthURL: a.url + "/auth/oauth/authorize", TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInParams}}
+	}
+	verifier := oauth2.GenerateVerifier()
+	cfg := config(id, "http://127.0.0.1:53121/callback")
+	resp, body := b.do("GET", cfg.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+	loc, _ := url.Parse(resp.Header.Get("Location"))
+	if resp.StatusCode != http.StatusSeeOther || loc == nil || !strings.HasPrefix(loc.String(), "http://127.0.0.1:53121/callback?") || loc.Query().Get("code") == "" {
+		t.Fatalf("a loopback port of the native app: %d %q %s", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	if _, err := cfg.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier)); err != nil {
+		t.Fatalf("exchange on the port asked for: %v", err)
+	}
+	resp, _ = b.do("GET", cfg.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+	loc, _ = url.Parse(resp.Header.Get("Location"))
+	other := config(id, "http://127.0.0.1:53122/callback")
+	_, err := other.Exchange(ctx, loc.Query().Get("code"), oauth2.VerifierOption(verifier))
+	retrieveError(t, err, 400, "invalid_grant")
+
+	for _, c := range []oauth2.Config{config(fixed, "http://127.0.0.1:10/callback"), config(id, "http://127.0.0.1:53121/other"), config(id, "http://localhost:53121/callback")} {
+		resp, _ = b.do("GET", c.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Location") != "" {
+			t.Fatalf("%s for %s: %d Location %q, want the error page", c.RedirectURL, c.ClientID, resp.StatusCode, resp.Header.Get("Location"))
+		}
+	}
+}
+
+// RFC 6749 §4.1.3: the token request must repeat the redirect_uri of the
+// authorization request; when that had none (the client has one
+// registered URI), the token request may omit it or name that URI.
+func TestRedirectURIAtTheTokenEndpoint(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	const registered = "https://app.example.com/cb"
+	id, secret := a.registerClient(admin, map[string]any{"first_party": true, "redirect_uris": []string{registered}})
+	b := newBrowser(a)
+	b.signIn("root", "rootpassword", "")
+	ctx := context.Background()
+	verifier := oauth2.GenerateVerifier()
+	code := func(redirect string) string {
+		t.Helper()
+		cfg := oauth2.Config{ClientID: id, RedirectURL: redirect, Endpoint: oauth2.Endpoint{AuthURL: a.url + "/auth/oauth/authorize"}}
+		resp, body := b.do("GET", cfg.AuthCodeURL("s", oauth2.S256ChallengeOption(verifier)), nil, nil)
+		loc, _ := url.Parse(resp.Header.Get("Location"))
+		if resp.StatusCode != http.StatusSeeOther || loc == nil || loc.Query().Get("code") == "" || !strings.HasPrefix(loc.String(), registered+"?") {
+			t.Fatalf("authorize with redirect_uri %q: %d %q %s", redirect, resp.StatusCode, resp.Header.Get("Location"), body)
+		}
+		return loc.Query().Get("code")
+	}
+	exchange := func(c, redirect string) error {
+		cfg := oauth2.Config{ClientID: id, ClientSecret: secret, RedirectURL: redirect,
+			Endpoint: oauth2.Endpoint{TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInHeader}}
+		_, err := cfg.Exchange(ctx, c, oauth2.VerifierOption(verifier))
+		return err
+	}
+	for _, c := range []struct {
+		authorize, token string
+		ok               bool
+	}{
+		{registered, registered, true},
+		{registered, "", false},
+		{"", "", true},
+		{"", registered, true},
+		{"", "https://app.example.com/other", false},
+	} {
+		err := exchange(code(c.authorize), c.token)
+		if c.ok && err != nil {
+			t.Errorf("authorize with %q, token with %q: %v", c.authorize, c.token, err)
+		}
+		if !c.ok {
+			var re *oauth2.RetrieveError
+			if !errors.As(err, &re) || re.ErrorCode != "invalid_grant" {
+				t.Errorf("authorize with %q, token with %q: %v, want invalid_grant", c.authorize, c.token, err)
+			}
+		}
+	}
+}
+
 func TestTokenEndpointRules(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
-	a.admin()
+	admin := a.admin()
+	// RFC 6749 §2.3.1: Basic credentials are form-urlencoded first; a
+	// client that escapes every byte is understood.
+	id, secret := a.registerClient(admin, map[string]any{"client_id": "batch-job.v2", "grant_types": []string{"client_credentials"}})
+	escapeAll := func(v string) string {
+		var sb strings.Builder
+		for i := 0; i < len(v); i++ {
+			fmt.Fprintf(&sb, "%%%02X", v[i])
+		}
+		return sb.String()
+	}
+	basic := "Basic " + base64.StdEncoding.EncodeToString([]byte(escapeAll(id)+":"+escapeAll(secret)))
+	a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=client_credentials"), map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Authorization": basic}), 200, "percent-encoded Basic credentials")
 	r := a.expect(a.do("GET", "/auth/oauth/token?grant_type=password&username=root&password=rootpassword", nil, nil), 405, "GET token")
 	var oe map[string]string
 	r.json(t, &oe)
@@ -415,6 +595,13 @@ func TestTokenEndpointRules(t *testing.T) {
 		t.Fatalf("unknown client: %v", oe)
 	}
 	a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=password&grant_type=password"), formCT), 400, "repeated parameter")
+	for ct, want := range map[string]string{"": "Content-Type is missing", "application/json": "x-www-form-urlencoded", "text/plain": "x-www-form-urlencoded"} {
+		r = a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader("grant_type=password&username=root&password=rootpassword"), map[string]string{"Content-Type": ct}), 400, "Content-Type "+ct)
+		r.json(t, &oe)
+		if oe["error"] != "invalid_request" || !strings.Contains(oe["error_description"], want) {
+			t.Fatalf("Content-Type %q: %v, want invalid_request saying %q", ct, oe, want)
+		}
+	}
 }
 
 // An attacker guessing passwords of one account is cut off after the
@@ -487,6 +674,48 @@ func TestPasswordGuessingIsThrottled(t *testing.T) {
 	retrieveError(t, err, 429, "temporarily_unavailable")
 }
 
+// Guesses sent at once from one address, each at another account, get no
+// more than the address's budget checked: the budget is spent before the
+// password is, not after. Successes give their share back.
+func TestConcurrentGuessesFromOneAddressKeepToItsBudget(t *testing.T) {
+	a := newAPIWith(t, authztest.FastConfig(), proxy.Config{LoginFailureRateLimit: proxy.RateLimit{Rate: 0.001, Burst: 3}})
+	a.admin()
+	if _, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "dave", Password: "dave's password"}, false); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg := oauth2.Config{Endpoint: oauth2.Endpoint{TokenURL: a.url + "/auth/oauth/token", AuthStyle: oauth2.AuthStyleInParams}}
+	// Successes, one after another, do not spend the budget.
+	for range 5 {
+		if _, err := cfg.PasswordCredentialsToken(ctx, "dave", "dave's password"); err != nil {
+			t.Fatalf("a right password: %v", err)
+		}
+	}
+	for _, path := range []string{"/auth/oauth/token", "/auth/login"} {
+		b := newAPIWith(t, authztest.FastConfig(), proxy.Config{LoginFailureRateLimit: proxy.RateLimit{Rate: 0.001, Burst: 3}})
+		start := make(chan struct{})
+		var mu sync.Mutex
+		codes := map[int]int{}
+		var wg sync.WaitGroup
+		for i := range 24 {
+			wg.Go(func() {
+				form := url.Values{"grant_type": {"password"}, "username": {fmt.Sprintf("guess-%d", i)}, "password": {"guess"}}
+				<-start
+				r := b.do("POST", path, strings.NewReader(form.Encode()), formCT)
+				mu.Lock()
+				codes[r.status]++
+				mu.Unlock()
+			})
+		}
+		close(start)
+		wg.Wait()
+		checked := codes[http.StatusBadRequest] + codes[http.StatusUnauthorized]
+		if checked != 3 || codes[http.StatusTooManyRequests] != 21 {
+			t.Fatalf("%s: 24 guesses at once answered %v, want 3 checked and 21×429", path, codes)
+		}
+	}
+}
+
 func TestRevokeAndIntrospectSemantics(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	admin := a.admin()
@@ -551,6 +780,78 @@ func TestRevokeAndIntrospectSemantics(t *testing.T) {
 	a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(cl.Encode()), formCT), 401, "revoke with a wrong client secret")
 }
 
+// RFC 7009 §2.1: a client revokes the tokens issued to it, whatever
+// subject it acts as, and a public client, which has no secret to
+// authenticate with, identifies itself by its client_id. Neither may
+// revoke a token issued to someone else: that is an RFC 6749 §5.2 error.
+func TestClientsRevokeTheTokensIssuedToThem(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	admin := a.admin()
+	if _, _, err := a.svc.CreateUser(bg, authz.UserInput{Username: "eve", Password: "eve's password"}, false); err != nil {
+		t.Fatal(err)
+	}
+	grant := func(extra url.Values) (access, refresh string) {
+		t.Helper()
+		form := url.Values{"grant_type": {"password"}, "username": {"eve"}, "password": {"eve's password"}}
+		for k, v := range extra {
+			form[k] = v
+		}
+		var tr struct {
+			Access  string `json:"access_token"`
+			Refresh string `json:"refresh_token"`
+		}
+		a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(form.Encode()), formCT), 200, "password grant").json(t, &tr)
+		return tr.Access, tr.Refresh
+	}
+	revoke := func(form url.Values, status int, code, what string) {
+		t.Helper()
+		r := a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(form.Encode()), formCT), status, what)
+		if code != "" {
+			var oe map[string]string
+			r.json(t, &oe)
+			if oe["error"] != code {
+				t.Fatalf("%s: error %v, want %q", what, oe, code)
+			}
+		}
+	}
+	active := func(tok string) bool {
+		t.Helper()
+		var in map[string]any
+		a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(url.Values{"token": {tok}}.Encode()),
+			map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer " + admin}), 200, "introspect").json(t, &in)
+		return in["active"] == true
+	}
+
+	// A confidential client acting as another subject.
+	conf, secret := a.registerClient(admin, map[string]any{"subject": "services/dashboard", "grant_types": []string{"password", "refresh_token"}})
+	access, refresh := grant(url.Values{"client_id": {conf}, "client_secret": {secret}})
+	other, _ := grant(nil)
+	revoke(url.Values{"token": {other}, "client_id": {conf}, "client_secret": {secret}}, 400, "unauthorized_client", "a token not issued to the client")
+	if !active(other) {
+		t.Fatal("a client revoked a token not issued to it")
+	}
+	revoke(url.Values{"token": {refresh}, "client_id": {conf}, "client_secret": {secret}}, 200, "", "the client's refresh token")
+	revoke(url.Values{"token": {access}, "client_id": {conf}, "client_secret": {secret}}, 200, "", "the client's access token")
+	if active(refresh) || active(access) {
+		t.Fatal("the client's tokens survived their revocation")
+	}
+
+	// A public client.
+	pub, _ := a.registerClient(admin, map[string]any{"public": true, "grant_types": []string{"password", "refresh_token"}})
+	access, refresh = grant(url.Values{"client_id": {pub}})
+	revoke(url.Values{"token": {other}, "client_id": {pub}}, 400, "unauthorized_client", "a token not issued to the public client")
+	revoke(url.Values{"token": {"unknown"}, "client_id": {pub}}, 200, "", "an unknown token")
+	revoke(url.Values{"token": {refresh}, "client_id": {pub}}, 200, "", "the public client's refresh token")
+	revoke(url.Values{"token": {access}, "client_id": {pub}}, 200, "", "the public client's access token")
+	if active(refresh) || active(access) || !active(other) {
+		t.Fatal("the public client's revocation missed or went too far")
+	}
+	revoke(url.Values{"token": {other}, "client_id": {pub}, "client_secret": {"guess"}}, 401, "invalid_client", "a public client with a secret")
+	revoke(url.Values{"token": {other}, "client_id": {"no-such-client"}}, 401, "invalid_client", "an unknown client")
+	// Identifying as a public client is not enough to introspect.
+	a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(url.Values{"token": {other}, "client_id": {pub}}.Encode()), formCT), 401, "introspect as a public client")
+}
+
 func TestDiscoveryAndJWKS(t *testing.T) {
 	a := newAPI(t, proxy.Config{})
 	for _, p := range []string{"/.well-known/oauth-authorization-server", "/.well-known/openid-configuration"} {
@@ -563,6 +864,22 @@ func TestDiscoveryAndJWKS(t *testing.T) {
 		if m, _ := md["code_challenge_methods_supported"].([]any); len(m) != 1 || m[0] != "S256" {
 			t.Fatalf("code_challenge_methods_supported = %v", md["code_challenge_methods_supported"])
 		}
+		// RFC 8414 §2 (and OpenID Connect discovery's required members),
+		// as the server behaves.
+		for k, want := range map[string]string{
+			"response_types_supported":                       "[code]",
+			"grant_types_supported":                          "[authorization_code refresh_token client_credentials password]",
+			"token_endpoint_auth_methods_supported":          "[client_secret_basic client_secret_post none]",
+			"revocation_endpoint_auth_methods_supported":     "[client_secret_basic client_secret_post none]",
+			"introspection_endpoint_auth_methods_supported":  "[client_secret_basic client_secret_post]",
+			"subject_types_supported":                        "[public]",
+			"id_token_signing_alg_values_supported":          "[EdDSA]",
+			"authorization_response_iss_parameter_supported": "true",
+		} {
+			if got := fmt.Sprint(md[k]); got != want {
+				t.Errorf("%s: %s = %s, want %s", p, k, got, want)
+			}
+		}
 	}
 	// With a configured public URL, that is the issuer whatever the Host.
 	b := newAPIOn(t, a.svc, proxy.Config{PublicURL: "https://auth.example.com/"})
@@ -571,6 +888,21 @@ func TestDiscoveryAndJWKS(t *testing.T) {
 	if md["issuer"] != "https://auth.example.com" {
 		t.Fatalf("issuer %v", md["issuer"])
 	}
+
+	// Under an API prefix the issuer has a path: its metadata is found
+	// both where RFC 8414 §3.1 puts it (the path after the well-known
+	// URI) and where OpenID Connect discovery does (before it), and it
+	// names endpoints that answer.
+	const prefix = "/.portcullis"
+	p := newAPIOn(t, a.svc, proxy.Config{APIPrefix: prefix})
+	for _, path := range []string{"/.well-known/oauth-authorization-server" + prefix, prefix + "/.well-known/oauth-authorization-server", prefix + "/.well-known/openid-configuration"} {
+		var md map[string]any
+		p.expect(p.do("GET", path, nil, nil), 200, path).json(t, &md)
+		if md["issuer"] != p.url+prefix || md["token_endpoint"] != p.url+prefix+"/auth/oauth/token" || md["jwks_uri"] != p.url+prefix+"/.well-known/jwks.json" {
+			t.Fatalf("%s = %v", path, md)
+		}
+	}
+	p.expect(p.do("GET", "/.well-known/oauth-authorization-server/other", nil, nil), 404, "another issuer's metadata")
 
 	// An upstream verifies a session JWT offline with the published key.
 	a.admin()
@@ -662,6 +994,12 @@ func TestClientRegistry(t *testing.T) {
 	}
 	m := a.login("mallory", "mallory's password")
 	a.expect(a.do("GET", "/auth/clients", nil, bearer(m)), 403, "non-admin list")
+	a.expect(a.do("GET", "/auth/clients/dashboard", nil, bearer(m)), 403, "non-admin get")
+	mh := bearer(m)
+	mh["Content-Type"] = "application/json"
+	a.expect(a.do("POST", "/auth/clients", strings.NewReader(`{"redirect_uris":["https://m.example/cb"]}`), mh), 403, "non-admin create")
+	a.expect(a.do("GET", "/auth/clients", nil, nil), 401, "anonymous list")
+	a.expect(a.do("POST", "/auth/clients", strings.NewReader(`{"redirect_uris":["https://m.example/cb"]}`), map[string]string{"Content-Type": "application/json"}), 401, "anonymous create")
 	a.expect(a.do("DELETE", "/auth/clients/dashboard", nil, bearer(m)), 403, "non-admin delete")
 	a.expect(a.do("DELETE", "/auth/clients/dashboard", nil, bearer(admin)), 204, "delete")
 	a.expect(a.do("GET", "/auth/clients/dashboard", nil, bearer(admin)), 404, "gone")

@@ -118,8 +118,7 @@ func (s *Server) renderPage(c echo.Context, status int, name string, d *pageData
 }
 
 func setPageHeaders(h http.Header) {
-	h.Set("Cache-Control", "no-store")
-	h.Set("Pragma", "no-cache")
+	noStore(h)
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
 	// Not no-referrer: Chromium then sends "Origin: null" with our own
@@ -127,6 +126,13 @@ func setPageHeaders(h http.Header) {
 	h.Set("Referrer-Policy", "same-origin")
 	// No form-action: the consent form's answer redirects to the client.
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'")
+}
+
+// noStore keeps an answer that carries a token or code out of every cache
+// (RFC 6749 §5.1).
+func noStore(h http.Header) {
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
 }
 
 // renderPageError is the error handler's path for *pageError.
@@ -253,7 +259,7 @@ func (s *Server) login(c echo.Context) error {
 	username := r.PostFormValue("username")
 	d := s.loginData(rd)
 	d.Username = username
-	if wait := s.loginLimiter.wait(c.RealIP()); wait > 0 {
+	if wait := s.loginLimiter.reserve(c.RealIP()); wait > 0 {
 		s.metrics.throttled[throttleAddress].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(wait))
 		d.Error = "Too many failed sign-in attempts from your address. Try again later."
@@ -265,14 +271,16 @@ func (s *Server) login(c echo.Context) error {
 	})
 	var oe *authz.OAuthError
 	var te *authz.ThrottledError
+	if !errors.As(err, &oe) {
+		s.loginLimiter.refund(c.RealIP()) // not a wrong guess
+	}
 	switch {
 	case errors.As(err, &te):
 		s.metrics.throttled[throttleAccount].Inc()
 		c.Response().Header().Set("Retry-After", retryAfter(te.RetryAfter))
 		d.Error = "Too many failed sign-in attempts for this account. Try again later."
 		return s.renderPage(c, http.StatusTooManyRequests, "login", d)
-	case errors.As(err, &oe):
-		s.loginLimiter.fail(c.RealIP())
+	case oe != nil:
 		d.Error = "Invalid username or password."
 		return s.renderPage(c, http.StatusUnauthorized, "login", d)
 	case err != nil:
@@ -286,8 +294,8 @@ func (s *Server) login(c echo.Context) error {
 	return c.Redirect(http.StatusSeeOther, rd)
 }
 
-// logout is GET and POST /auth/logout: the presented token is revoked
-// server-side and the cookies cleared. A GET that a browser marks as
+// logout is GET and POST /auth/logout: the presented login token is
+// revoked server-side and the cookies cleared. A GET that a browser marks as
 // cross-site only gets a confirmation form, so that another site cannot
 // sign people out with an image tag.
 func (s *Server) logout(c echo.Context) error {
@@ -309,7 +317,10 @@ func (s *Server) logout(c echo.Context) error {
 		return err
 	}
 	if tok != "" {
-		rev, err := s.svc.RevokeToken(r.Context(), nil, tok)
+		// Only a sign-in ends here, with the refresh token it came with:
+		// an API token that rode the cookie or the header (contaxy allows
+		// both) is left alone, for the scripts that use it.
+		rev, _, err := s.svc.SignOut(r.Context(), tok)
 		if err != nil {
 			return err
 		}

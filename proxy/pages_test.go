@@ -2,10 +2,12 @@ package proxy_test
 
 import (
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/proxy"
 )
 
@@ -180,6 +182,56 @@ func TestLogoutRevokesTheLoginToken(t *testing.T) {
 	if resp.StatusCode != http.StatusSeeOther {
 		t.Fatalf("account page after logout: %d", resp.StatusCode)
 	}
+
+	// Signing out ends a sign-in, not the API token a script put in the
+	// cookie or the header: the cookies go, the token stays.
+	admin := a.login("root", "rootpassword")
+	var api string
+	a.expect(a.do("POST", "/auth/tokens?token_type=api-token&description=script", nil, bearer(admin)), 200, "API token").json(t, &api)
+	for _, hdr := range []map[string]string{{"Cookie": "ct_token=" + api}, bearer(api)} {
+		resp, _ = b.do("GET", "/auth/logout", nil, hdr)
+		if resp.StatusCode != http.StatusSeeOther || cookieNamed(resp, "ct_token") == nil {
+			t.Fatalf("logout with an API token: %d", resp.StatusCode)
+		}
+		a.expect(a.do("GET", "/users/me", nil, bearer(api)), 200, "the API token after a logout that presented it")
+	}
+	// contaxy's sign-in (set_as_cookie) also hands out a refresh token:
+	// signing out ends it too, after a rotation as well, so it cannot
+	// mint a new session. Another sign-in of the same user lives on.
+	other := a.login("root", "rootpassword")
+	cookieGrant := func(form url.Values) (cookie, refresh string) {
+		t.Helper()
+		r := a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(form.Encode()), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}), 200, "set_as_cookie grant")
+		var tr struct {
+			Refresh string `json:"refresh_token"`
+		}
+		r.json(t, &tr)
+		ck := cookieNamed(&http.Response{Header: r.header}, "ct_token")
+		if ck == nil || tr.Refresh == "" {
+			t.Fatalf("set_as_cookie grant: %s", r.body)
+		}
+		return ck.Value, tr.Refresh
+	}
+	_, refresh := cookieGrant(url.Values{"grant_type": {"password"}, "username": {"root"}, "password": {"rootpassword"}, "set_as_cookie": {"true"}})
+	cookie, refresh := cookieGrant(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}, "set_as_cookie": {"true"}})
+	resp, _ = b.do("GET", "/auth/logout", nil, map[string]string{"Cookie": "ct_token=" + cookie})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout: %d", resp.StatusCode)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer(cookie)), 401, "the login token after logout")
+	r := a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refresh}}.Encode()),
+		map[string]string{"Content-Type": "application/x-www-form-urlencoded"}), 400, "the sign-in's refresh token after logout")
+	if !strings.Contains(string(r.body), "invalid_grant") {
+		t.Fatalf("refresh after logout: %s", r.body)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer(other)), 200, "another sign-in of the same user")
+
+	// A session JWT (the password grant's access token) is a sign-in.
+	resp, _ = b.do("GET", "/auth/logout", nil, bearer(admin))
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("logout with a session JWT: %d", resp.StatusCode)
+	}
+	a.expect(a.do("GET", "/users/me", nil, bearer(admin)), 401, "the session JWT after logout")
 }
 
 // Cookies are Secure when the client used HTTPS, also through a trusted
@@ -215,5 +267,22 @@ func TestSessionCookieIsSecureBehindATrustedProxy(t *testing.T) {
 		if uc := cookieNamed(&http.Response{Header: r.header}, "ctxy_authorized_user"); uc == nil || uc.Secure != c.secure {
 			t.Errorf("%s: user cookie %+v", c.name, uc)
 		}
+	}
+
+	// HTTPS straight to Portcullis.
+	svc := newService(t)
+	if _, _, err := svc.CreateUser(bg, authz.UserInput{Username: "tls", Password: "tls password"}, false); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(proxy.New(svc, proxy.Config{}))
+	t.Cleanup(srv.Close)
+	form := url.Values{"grant_type": {"password"}, "username": {"tls"}, "password": {"tls password"}, "set_as_cookie": {"true"}}
+	resp, err := srv.Client().PostForm(srv.URL+"/auth/oauth/token", form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ck := cookieNamed(resp, "ct_token"); resp.StatusCode != 200 || ck == nil || !ck.Secure || !ck.HttpOnly {
+		t.Errorf("direct HTTPS: %d, cookie %+v, want Secure", resp.StatusCode, ck)
 	}
 }

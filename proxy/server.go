@@ -207,7 +207,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	apiPath, uri := r.URL.Path, r.RequestURI
 	if s.cfg.APIPrefix != "" {
 		rest, ok := cutPathPrefix(apiPath, s.cfg.APIPrefix)
-		if !ok {
+		if !ok && apiPath == metadataPath+s.cfg.APIPrefix {
+			// RFC 8414 §3.1: the metadata of an issuer with a path
+			// component is at the well-known URI with the path appended.
+			rest, uri = metadataPath, metadataPath
+		} else if !ok {
 			if s.reverse != nil {
 				s.serveProxy(w, r)
 				return
@@ -305,7 +309,7 @@ func (s *Server) routes() {
 	e.POST("/auth/oauth/introspect", s.introspect)
 	e.GET("/auth/oauth/authorize", s.page(s.authorize))
 	e.POST("/auth/oauth/authorize", s.page(s.authorize))
-	e.GET("/.well-known/oauth-authorization-server", s.serverMetadata)
+	e.GET(metadataPath, s.serverMetadata)
 	e.GET("/.well-known/openid-configuration", s.serverMetadata)
 	e.GET("/.well-known/jwks.json", s.jwks)
 	e.POST("/auth/keys/rotate", s.rotateSigningKey)

@@ -12,6 +12,9 @@ import (
 	"github.com/portcullis/portcullis/authz"
 )
 
+// metadataPath is the RFC 8414 well-known URI of the server metadata.
+const metadataPath = "/.well-known/oauth-authorization-server"
+
 // serverMetadata is RFC 8414 authorization server metadata; the same
 // document answers OpenID Connect discovery, for clients that only know
 // that path (Portcullis issues no ID tokens).
@@ -35,7 +38,7 @@ func (s *Server) serverMetadata(c echo.Context) error {
 		"grant_types_supported":                          []string{authz.GrantAuthorizationCode, authz.GrantRefreshToken, authz.GrantClientCredentials, authz.GrantPassword},
 		"code_challenge_methods_supported":               []string{"S256"},
 		"token_endpoint_auth_methods_supported":          []string{"client_secret_basic", "client_secret_post", "none"},
-		"revocation_endpoint_auth_methods_supported":     []string{"client_secret_basic", "client_secret_post"},
+		"revocation_endpoint_auth_methods_supported":     []string{"client_secret_basic", "client_secret_post", "none"}, // none: public clients (RFC 7009 §2.1)
 		"introspection_endpoint_auth_methods_supported":  []string{"client_secret_basic", "client_secret_post"},
 		"authorization_response_iss_parameter_supported": true,
 		"subject_types_supported":                        []string{"public"},
