@@ -56,7 +56,7 @@ type Config struct {
 	SessionTTL       time.Duration `yaml:"session_ttl" help:"lifetime of session JWTs"`
 	BcryptCost       int           `yaml:"bcrypt_cost" help:"bcrypt cost for passwords (10-16)"`
 	JWTSecretFile    string        `yaml:"jwt_secret_file" secret:"file" help:"file with an HS256 secret (contaxy compatibility); default: asymmetric keys in etcd"`
-	JWTIssuer        string        `yaml:"jwt_issuer" help:"issuer (iss) of session JWTs"`
+	JWTIssuer        string        `yaml:"jwt_issuer" help:"issuer (iss) of session JWTs; default: public_url, so it matches the OAuth2 metadata issuer, else \"portcullis\""`
 
 	PublicURL            string        `yaml:"public_url" help:"absolute URL clients reach Portcullis at (OAuth2 issuer, origin of the sign-in forms); default: from each request"`
 	TrustedProxies       []string      `yaml:"trusted_proxies" help:"comma-separated CIDRs or addresses of proxies whose X-Forwarded-*/X-Original-* headers are believed (default: none)"`
@@ -116,7 +116,6 @@ func defaultConfig() Config {
 		BcryptCost:         12,
 		LoginFailureLimit:  100,
 		LoginFailureWindow: time.Hour,
-		JWTIssuer:          "portcullis",
 		LogFormat:          "json",
 		LogLevel:           "info",
 		AccessLog:          true,

@@ -155,7 +155,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	defer st.Close()
 
 	svc, err := authz.New(startCtx, obs.tracedStore(st), authz.Config{
-		Issuer: cfg.JWTIssuer, SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
+		Issuer: sessionIssuer(cfg), SessionTTL: cfg.SessionTTL, BcryptCost: cfg.BcryptCost, HMACSecret: hmacSecret, Logger: log,
 		LoginFailureLimit: cfg.LoginFailureLimit, LoginFailureWindow: cfg.LoginFailureWindow,
 		Observer:                    metrics.NewAuthz(reg),
 		ExternalUsersMaySetPassword: cfg.OIDCUsersMaySetPassword,
@@ -389,4 +389,19 @@ func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store
 		_, _ = io.WriteString(w, "ready\n")
 	})
 	return mux
+}
+
+// sessionIssuer is the iss of session JWTs. By default it is the OAuth2
+// issuer that the metadata document names (public_url), because RFC 9068
+// verifiers of a JWT access token compare the two; without a public_url
+// that issuer changes with each request's Host, so a fixed name stands in.
+func sessionIssuer(cfg Config) string {
+	switch {
+	case cfg.JWTIssuer != "":
+		return cfg.JWTIssuer
+	case cfg.PublicURL != "":
+		return strings.TrimSuffix(cfg.PublicURL, "/")
+	default:
+		return "portcullis"
+	}
 }

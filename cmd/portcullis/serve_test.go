@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
+	"github.com/golang-jwt/jwt/v5"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -227,5 +230,57 @@ func TestServeProxiesWithRoutes(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 401 || hits.Load() != before {
 		t.Fatalf("anonymous: %d, upstream hits %d", resp.StatusCode, hits.Load()-before)
+	}
+}
+
+// With public_url set, a session JWT names the metadata's issuer and
+// verifies offline against the served JWKS, as an RFC 9068 verifier at an
+// upstream checks it.
+func TestSessionJWTIssuerIsTheMetadataIssuer(t *testing.T) {
+	addr := freeAddr(t)
+	// The later --listen wins over the one startServeProcess passes.
+	startServeProcess(t, "--data-dir", t.TempDir(), "--admin-password", "correct horse battery", "--listen", addr, "--public-url", "http://"+addr+"/")
+	base := "http://" + addr
+	getJSON := func(path string, v any) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(v); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d, %v", path, resp.StatusCode, err)
+		}
+	}
+	var md struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	getJSON("/.well-known/oauth-authorization-server", &md)
+	if md.Issuer != "http://"+addr {
+		t.Fatalf("metadata issuer %q", md.Issuer)
+	}
+	var set struct {
+		Keys []struct {
+			Kid string `json:"kid"`
+			Kty string `json:"kty"`
+			Crv string `json:"crv"`
+			X   string `json:"x"`
+		} `json:"keys"`
+	}
+	getJSON(strings.TrimPrefix(md.JWKSURI, base), &set)
+	tok := passwordLogin(t, base, "admin", "correct horse battery")
+	claims := jwt.RegisteredClaims{}
+	_, err := jwt.ParseWithClaims(tok, &claims, func(tk *jwt.Token) (any, error) {
+		for _, k := range set.Keys {
+			if k.Kid == tk.Header["kid"] && k.Kty == "OKP" && k.Crv == "Ed25519" {
+				x, err := base64.RawURLEncoding.DecodeString(k.X)
+				return ed25519.PublicKey(x), err
+			}
+		}
+		return nil, fmt.Errorf("kid %v not in the JWKS", tk.Header["kid"])
+	}, jwt.WithValidMethods([]string{"EdDSA"}), jwt.WithIssuer(md.Issuer), jwt.WithExpirationRequired())
+	if err != nil {
+		t.Fatalf("offline verification of the session JWT: %v (iss %q)", err, claims.Issuer)
 	}
 }
