@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -300,30 +301,203 @@ func TestAuthZEN(t *testing.T) {
 		t.Fatal(err)
 	}
 	zt := a.login("zed", "zedpassword")
+	zed := `{"type":"user","id":"` + u.ID + `"}`
 	eval := func(body string, tok string) map[string]any {
 		var out map[string]any
 		a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(body), bearer(tok)), 200, body).json(t, &out)
 		return out
 	}
-	if d := eval(`{"subject":{"type":"user","id":"`+u.ID+`"},"resource":{"type":"projects","id":"p"},"action":{"name":"can_read"}}`, zt); d["decision"] != true {
+	if d := eval(`{"subject":`+zed+`,"resource":{"type":"projects","id":"p"},"action":{"name":"can_read"}}`, zt); d["decision"] != true {
 		t.Fatalf("read = %v", d)
 	}
-	if d := eval(`{"resource":{"type":"projects","id":"p"},"action":{"name":"write"}}`, zt); d["decision"] != false {
+	if d := eval(`{"subject":`+zed+`,"resource":{"type":"projects","id":"p"},"action":{"name":"write"}}`, zt); d["decision"] != false {
 		t.Fatalf("write = %v", d)
 	}
-	if d := eval(`{"subject":{"type":"user","id":"someone-else"},"resource":{"id":"projects/p"},"action":{"name":"read"}}`, zt); d["decision"] != false {
+	if d := eval(`{"subject":{"type":"user","id":"someone-else"},"resource":{"type":"resource","id":"projects/p"},"action":{"name":"read"}}`, zt); d["decision"] != false {
 		t.Fatalf("mismatched subject = %v", d)
 	}
-	if d := eval(`{"subject":{"type":"user","id":"`+u.ID+`","properties":{"token":"`+zt+`"}},"resource":{"id":"projects/p/x"},"action":{"name":"GET"}}`, tok); d["decision"] != true {
+	if d := eval(`{"subject":{"type":"user","id":"`+u.ID+`","properties":{"token":"`+zt+`"}},"resource":{"type":"resource","id":"projects/p/x"},"action":{"name":"GET"}}`, tok); d["decision"] != true {
 		t.Fatalf("forwarded token = %v", d)
 	}
 	var batch map[string][]map[string]any
-	a.expect(a.do("POST", "/access/v1/evaluations", strings.NewReader(`{"action":{"name":"read"},"evaluations":[{"resource":{"id":"projects/p"}},{"resource":{"id":"projects/q"}}]}`), bearer(zt)), 200, "batch").json(t, &batch)
+	a.expect(a.do("POST", "/access/v1/evaluations", strings.NewReader(`{"subject":`+zed+`,"action":{"name":"read"},"evaluations":[{"resource":{"type":"resource","id":"projects/p"}},{"resource":{"type":"resource","id":"projects/q"}}]}`), bearer(zt)), 200, "batch").json(t, &batch)
 	if len(batch["evaluations"]) != 2 || batch["evaluations"][0]["decision"] != true || batch["evaluations"][1]["decision"] != false {
 		t.Fatalf("batch = %v", batch)
 	}
-	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"resource":{"id":"p"},"action":{"name":"fly"}}`), bearer(zt)), 400, "unknown action")
-	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"resource":{"id":"p"},"action":{"name":"read"}}`), nil), 401, "anonymous")
+	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"subject":`+zed+`,"resource":{"type":"resource","id":"p"},"action":{"name":"fly"}}`), bearer(zt)), 400, "unknown action")
+	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"subject":`+zed+`,"resource":{"type":"resource","id":"p"},"action":{"name":"read"}}`), nil), 401, "anonymous")
+}
+
+// What the AuthZEN 1.0 specification (and the working group's
+// conformance profile) asks of a PDP beyond the decision itself.
+func TestAuthZENConformance(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	a.admin()
+	u, _, _ := a.svc.CreateUser(bg, authz.UserInput{Username: "zoe", Password: "zoepassword"}, false)
+	if _, err := a.svc.AddPermission(bg, "users/"+u.ID, "record/record-1#write"); err != nil {
+		t.Fatal(err)
+	}
+	zt := a.login("zoe", "zoepassword")
+	subject := `"subject":{"type":"user","id":"` + u.ID + `"}`
+	hdr := map[string]string{"Authorization": "Bearer " + zt, "Content-Type": "application/json"}
+	post := func(path, body string, h map[string]string) reply {
+		return a.do("POST", path, strings.NewReader(body), h)
+	}
+
+	t.Run("X-Request-ID is echoed", func(t *testing.T) {
+		h := map[string]string{"Authorization": "Bearer " + zt, "X-Request-ID": "pep-4711"}
+		r := a.expect(post("/access/v1/evaluation", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`, h), 200, "with request id")
+		if got := r.header.Get("X-Request-Id"); got != "pep-4711" {
+			t.Fatalf("X-Request-ID = %q, want pep-4711", got)
+		}
+	})
+	t.Run("unknown members are ignored", func(t *testing.T) {
+		var d map[string]any
+		a.expect(post("/access/v1/evaluation", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1","properties":{"owner":"bob"}},"foo":"bar","futureField":{"nested":true},"context":{"ip":"192.168.1.1"}}`, hdr), 200, "unknown fields").json(t, &d)
+		if d["decision"] != true {
+			t.Fatalf("decision = %v", d)
+		}
+	})
+	for _, tc := range []struct{ name, body string }{
+		{"missing subject", `{"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"missing action", `{` + subject + `,"resource":{"type":"record","id":"record-1"}}`},
+		{"missing resource", `{` + subject + `,"action":{"name":"read"}}`},
+		{"subject without type", `{"subject":{"id":"` + u.ID + `"},"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"subject without id", `{"subject":{"type":"user"},"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"action without name", `{` + subject + `,"action":{},"resource":{"type":"record","id":"record-1"}}`},
+		{"resource without type", `{` + subject + `,"action":{"name":"read"},"resource":{"id":"record-1"}}`},
+		{"resource without id", `{` + subject + `,"action":{"name":"read"},"resource":{"type":"record"}}`},
+		{"subject is a string", `{"subject":"alice","action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"action.name is a number", `{` + subject + `,"action":{"name":123},"resource":{"type":"record","id":"record-1"}}`},
+		{"malformed JSON", `{` + subject + `,`},
+		{"empty body", ``},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a.expect(post("/access/v1/evaluation", tc.body, hdr), 400, tc.name)
+		})
+	}
+	t.Run("Content-Type other than JSON", func(t *testing.T) {
+		h := map[string]string{"Authorization": "Bearer " + zt, "Content-Type": "text/plain"}
+		a.expect(post("/access/v1/evaluation", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`, h), 400, "text/plain")
+	})
+	t.Run("evaluations without an array answer one decision", func(t *testing.T) {
+		for _, extra := range []string{``, `,"evaluations":[]`} {
+			var d map[string]any
+			a.expect(post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}`+extra+`}`, hdr), 200, "single").json(t, &d)
+			if d["decision"] != true || d["evaluations"] != nil {
+				t.Fatalf("%q: response %v, want {\"decision\": true}", extra, d)
+			}
+		}
+	})
+	t.Run("a bad evaluation is denied, not the batch", func(t *testing.T) {
+		var b map[string][]map[string]any
+		a.expect(post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"read"},"evaluations":[{"resource":{"type":"record","id":"record-1"}},{},{"action":{"name":"fly"},"resource":{"type":"record","id":"record-1"}}]}`, hdr), 200, "item errors").json(t, &b)
+		ev := b["evaluations"]
+		if len(ev) != 3 || ev[0]["decision"] != true || ev[1]["decision"] != false || ev[2]["decision"] != false || ev[1]["context"] == nil {
+			t.Fatalf("evaluations = %v", ev)
+		}
+	})
+	t.Run("defaults merge per entity with type and id fallback", func(t *testing.T) {
+		var b map[string][]map[string]any
+		a.expect(post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"write"},"resource":{"type":"record"},"evaluations":[{"resource":{"id":"record-1"}},{"resource":{"type":"record","id":"record-2"}},{"action":{"name":"read"},"resource":{"id":"record-1"}}]}`, hdr), 200, "defaults").json(t, &b)
+		ev := b["evaluations"]
+		if len(ev) != 3 || ev[0]["decision"] != true || ev[1]["decision"] != false || ev[2]["decision"] != true {
+			t.Fatalf("evaluations = %v", ev)
+		}
+	})
+	t.Run("evaluations_semantic", func(t *testing.T) {
+		batch := func(semantic string) reply {
+			return post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"write"},"options":{"evaluations_semantic":"`+semantic+`"},"evaluations":[{"resource":{"type":"record","id":"record-1"}},{"resource":{"type":"record","id":"record-2"}},{"resource":{"type":"record","id":"record-1"}}]}`, hdr)
+		}
+		for semantic, want := range map[string]int{"execute_all": 3, "deny_on_first_deny": 2, "permit_on_first_permit": 1} {
+			var b map[string][]map[string]any
+			a.expect(batch(semantic), 200, semantic).json(t, &b)
+			if len(b["evaluations"]) != want {
+				t.Errorf("%s: %d decisions, want %d: %v", semantic, len(b["evaluations"]), want, b)
+			}
+		}
+		a.expect(batch("first_come"), 400, "unknown semantic")
+	})
+}
+
+// Error bodies say each thing once: no operation named twice by nested
+// wrapping, no explanation that repeats the message.
+func TestProblemsSayThingsOnce(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	tok := a.admin()
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"alice"}`), bearer(tok)), 200, "create")
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		body         string
+		hdr          map[string]string
+		status       int
+		explanation  string
+	}{
+		{"duplicate user", "POST", "/users", `{"username":"alice"}`, bearer(tok), 409, `create user: login id "alice": already exists`},
+		{"delete unknown user", "DELETE", "/users/nosuchuser", ``, bearer(tok), 404, `delete user "nosuchuser": not found`},
+		{"anonymous", "GET", "/users/me", ``, nil, 401, ``},
+		{"unknown token", "GET", "/users/me", ``, bearer("pct_nope"), 401, `unknown token`},
+		{"empty body", "POST", "/users", ``, bearer(tok), 400, `the body is empty; want a JSON value`},
+		{"wrong type", "POST", "/users", `{"username":5}`, bearer(tok), 400, `field "username": want a string, got a JSON number`},
+		{"unknown field", "POST", "/users", `{"username":"x","role":"admin"}`, bearer(tok), 400, `unknown field "role"`},
+	} {
+		r := a.expect(a.do(tc.method, tc.path, strings.NewReader(tc.body), tc.hdr), tc.status, tc.name)
+		var p proxy.Problem
+		r.json(t, &p)
+		if p.Explanation != tc.explanation {
+			t.Errorf("%s: explanation %q, want %q", tc.name, p.Explanation, tc.explanation)
+		}
+	}
+}
+
+// contaxy's Python client sends the new password as the bare body
+// (requests' data=password) and the requested scopes as "scopes"; both
+// work.
+func TestContaxyClientQuirks(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	tok := a.admin()
+	var u authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"cara","password":"carapassword"}`), bearer(tok)), 200, "create").json(t, &u)
+	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`bare password 1`), bearer(tok)), 204, "bare password")
+	a.login("cara", "bare password 1")
+	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`bare password 2`), map[string]string{"Authorization": "Bearer " + tok, "Content-Type": "application/json"}), 400, "bare password declared as JSON")
+	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(``), bearer(tok)), 400, "empty body")
+	a.login("cara", "bare password 1")
+
+	ct := a.login("cara", "bare password 1")
+	a.expect(a.do("POST", "/auth/tokens?scopes=users/"+u.ID+"%23read&token_type=api-token&description=narrow", nil, bearer(ct)), 200, "create with scopes")
+	var list []map[string]any
+	a.expect(a.do("GET", "/auth/tokens", nil, bearer(ct)), 200, "list").json(t, &list)
+	if len(list) != 1 || fmt.Sprint(list[0]["scopes"]) != "[users/"+u.ID+"#read]" {
+		t.Fatalf("tokens = %v", list)
+	}
+}
+
+// Introspection shows a token's details to its own subject, an admin on
+// that subject and confidential clients; to anyone else it is inactive.
+func TestIntrospectionIsForOwnersAndAdmins(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	root := a.admin()
+	for _, n := range []string{"ida", "ivo"} {
+		a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"`+n+`","password":"`+n+`password"}`), bearer(root)), 200, "create "+n)
+	}
+	ida, ivo := a.login("ida", "idapassword"), a.login("ivo", "ivopassword")
+	active := func(caller, token string) any {
+		var in map[string]any
+		h := map[string]string{"Authorization": "Bearer " + caller, "Content-Type": "application/x-www-form-urlencoded"}
+		a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()), h), 200, "introspect").json(t, &in)
+		if in["active"] != true && len(in) != 1 {
+			t.Fatalf("inactive answer discloses %v", in)
+		}
+		return in["active"]
+	}
+	if active(ida, ida) != true || active(root, ida) != true {
+		t.Fatal("own or admin introspection is inactive")
+	}
+	if active(ivo, ida) != false || active(ida, root) != false {
+		t.Fatal("another user's token is disclosed")
+	}
 }
 
 func mustJSON(v any) []byte {

@@ -42,17 +42,38 @@ func scopeOf(c echo.Context) *requestScope {
 	return &requestScope{}
 }
 
-// withScope installs a fresh request scope and a request id.
+// withScope installs a fresh request scope and a request id: the
+// client's X-Request-Id when it sent a usable one (AuthZEN 1.0 requires a
+// PDP to answer with the caller's id; proxies in front set it too), else
+// a random one.
 func withScope(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		sc := &requestScope{requestID: hex.EncodeToString(b[:])}
 		req := c.Request()
+		id := req.Header.Get(requestIDHeader)
+		if !usableRequestID(id) {
+			var b [8]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		sc := &requestScope{requestID: id}
 		c.SetRequest(req.WithContext(context.WithValue(req.Context(), scopeKey{}, sc)))
 		c.Response().Header().Set("X-Request-Id", sc.requestID)
 		return next(c)
 	}
+}
+
+// usableRequestID accepts request ids that are safe to log and echo:
+// 1 to 128 printable ASCII characters without spaces or quotes.
+func usableRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if ch := id[i]; ch <= ' ' || ch >= 0x7f || ch == '"' || ch == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // credential extracts the caller's token from the Authorization header
