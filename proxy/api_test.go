@@ -9,10 +9,14 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
 type api struct {
@@ -503,4 +507,49 @@ func TestIntrospectionIsForOwnersAndAdmins(t *testing.T) {
 func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
+}
+
+// A flood of password logins is hashed a few at a time (here one), so it
+// queues behind the hash limit instead of taking every core, and token
+// verification, which hashes nothing, goes on answering meanwhile.
+func TestLoginFloodQueuesBehindTheHashLimit(t *testing.T) {
+	cfg := authztest.FastConfig()
+	cfg.BcryptCost, cfg.MaxConcurrentHashes = 11, 1
+	a := newAPIOn(t, authztest.Start(t, etcdtest.NewStore(t, etcdtest.SharedEmbedded(t)), cfg), proxy.Config{})
+	tok := a.admin()
+	single := time.Hour
+	for range 3 {
+		start := time.Now()
+		a.login("root", "rootpassword")
+		single = min(single, time.Since(start))
+	}
+	const flood = 6
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range flood {
+		wg.Go(func() { a.login("root", "rootpassword") })
+	}
+	var slowest time.Duration
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for verifying := true; verifying; {
+		select {
+		case <-done:
+			verifying = false
+		default:
+			t0 := time.Now()
+			a.expect(a.do("POST", "/auth/tokens/verify?permission=users%23read", nil, bearer(tok)), 200, "verify during the flood")
+			slowest = max(slowest, time.Since(t0))
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	total := time.Since(start)
+	// One at a time, six logins take about six single ones; hashed in
+	// parallel on this machine's cores they would take far less.
+	if total < (flood-1)*single {
+		t.Errorf("%d concurrent logins took %v, a single one %v: hashing was not limited to one at a time", flood, total, single)
+	}
+	if slowest > total/2 {
+		t.Errorf("a verify during the flood took %v of the flood's %v: decisions waited for hashing", slowest, total)
+	}
 }
