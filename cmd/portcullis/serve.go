@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -329,6 +330,12 @@ func etcdTLS(cfg Config) (*tls.Config, error) {
 // bootstrapAdmin creates the user "admin" holding *#admin on an empty
 // store. Without a configured password it generates one and prints it
 // once; an existing admin's password is never reset from configuration.
+//
+// Creating the user and granting *#admin are two writes. A generated
+// password is printed as soon as the user exists, so a first start that
+// fails between the two has still shown it; a later start then finishes
+// the job (see finishBootstrap) instead of leaving an admin without
+// rights and nobody able to grant them.
 func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, password string, log, audit *slog.Logger) error {
 	users, err := st.Users(ctx)
 	if err != nil {
@@ -338,7 +345,7 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 		if password != "" {
 			log.Warn("admin password given, but the store already has users: it is not applied (use change-password)")
 		}
-		return nil
+		return finishBootstrap(ctx, svc, users, log, audit)
 	}
 	generated := password == ""
 	if generated {
@@ -352,17 +359,49 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 		return fmt.Errorf("bootstrap admin: %w", err)
 	}
 	proxy.AuditRecord(audit, "", "system", proxy.AuditUserCreate, rev, slog.String("user_id", u.ID), slog.String("username", u.Username))
-	rev, err = svc.AddPermission(ctx, "users/"+u.ID, "*#admin")
-	if err != nil {
-		return fmt.Errorf("bootstrap admin: %w", err)
-	}
-	proxy.AuditRecord(audit, "", "system", proxy.AuditGrantAdd, rev, slog.String("resource", "users/"+u.ID), slog.String("permission", "*#admin"))
 	if generated {
 		// Shown once, on the first start only; it is not stored anywhere in clear.
 		log.Warn("created user admin with a generated password; it is shown only this once", "username", "admin", "password", password)
 	} else {
 		log.Info("created user admin with the configured password", "username", "admin")
 	}
+	return grantSuperAdmin(ctx, svc, u.ID, audit)
+}
+
+// finishBootstrap grants *#admin to the user admin when a first start
+// stopped after creating it: the store holds that one user, with only the
+// grants every new user gets, and nobody holds *#admin. Granting is
+// idempotent, so a replica that runs this while another is finishing its
+// own first start does no harm; passwords are never touched.
+func finishBootstrap(ctx context.Context, svc *authz.Service, users []authz.UserRecord, log, audit *slog.Logger) error {
+	if len(users) != 1 || users[0].Username != "admin" {
+		return nil
+	}
+	id := users[0].ID
+	holders, err := svc.ResourcesWithPermission(ctx, "*#admin", "")
+	if err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+	if len(holders) > 0 {
+		return nil
+	}
+	grants, err := svc.ListPermissions(ctx, authz.UserSubject(id), false, false)
+	if err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+	if !slices.Equal(sorted(grants), sorted(authz.DefaultUserGrants(id))) {
+		return nil // changed since it was created: not an interrupted first start
+	}
+	log.Warn("the first start stopped before user admin got *#admin: granting it now", "user_id", id)
+	return grantSuperAdmin(ctx, svc, id, audit)
+}
+
+func grantSuperAdmin(ctx context.Context, svc *authz.Service, id string, audit *slog.Logger) error {
+	rev, err := svc.AddPermission(ctx, authz.UserSubject(id), "*#admin")
+	if err != nil {
+		return fmt.Errorf("bootstrap admin: grant *#admin: %w", err)
+	}
+	proxy.AuditRecord(audit, "", "system", proxy.AuditGrantAdd, rev, slog.String("resource", authz.UserSubject(id)), slog.String("permission", "*#admin"))
 	return nil
 }
 

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +26,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
@@ -228,4 +233,86 @@ func TestServeProxiesWithRoutes(t *testing.T) {
 	if resp.StatusCode != 401 || hits.Load() != before {
 		t.Fatalf("anonymous: %d, upstream hits %d", resp.StatusCode, hits.Load()-before)
 	}
+}
+
+// The admin bootstrap, in process: the configured password is applied on
+// the first start only (later ones warn and keep it), and a first start
+// that stopped between creating admin and granting *#admin is finished by
+// the next one.
+func TestBootstrapAdmin(t *testing.T) {
+	ctx := context.Background()
+	endpoints := etcdtest.Embedded(t).Endpoints()
+	newSvc := func() (*authz.Service, authz.Store) {
+		st := etcdtest.NewStore(t, endpoints)
+		return authztest.Start(t, st, authztest.FastConfig()), st
+	}
+	superAdmin := func(svc *authz.Service, login, password string) bool {
+		t.Helper()
+		u, err := svc.Login(ctx, login, password)
+		if err != nil {
+			return false
+		}
+		perms, err := svc.ListPermissions(ctx, "users/"+u.ID, false, false)
+		return err == nil && slices.Contains(perms, "*#admin")
+	}
+
+	t.Run("configured password, then a different one", func(t *testing.T) {
+		svc, st := newSvc()
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		if err := bootstrapAdmin(ctx, svc, st, "first-password", log, log); err != nil {
+			t.Fatal(err)
+		}
+		if !superAdmin(svc, "admin", "first-password") {
+			t.Fatal("admin cannot sign in with the configured password or lacks *#admin")
+		}
+		if err := bootstrapAdmin(ctx, svc, st, "second-password", log, log); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs.String(), "not applied") {
+			t.Errorf("no warning that the password was not applied:\n%s", logs.String())
+		}
+		if _, err := svc.Login(ctx, "admin", "second-password"); err == nil || !superAdmin(svc, "admin", "first-password") {
+			t.Fatal("a later start reset the admin password")
+		}
+		if strings.Contains(logs.String(), "password=") {
+			t.Errorf("a configured password was logged:\n%s", logs.String())
+		}
+	})
+
+	t.Run("interrupted first start", func(t *testing.T) {
+		svc, st := newSvc()
+		// What a first start leaves when it stops after creating admin.
+		if _, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: "generated-once"}, false); err != nil {
+			t.Fatal(err)
+		}
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		if err := bootstrapAdmin(ctx, svc, st, "", log, log); err != nil {
+			t.Fatal(err)
+		}
+		if !superAdmin(svc, "admin", "generated-once") {
+			t.Fatalf("the interrupted bootstrap was not finished:\n%s", logs.String())
+		}
+		if strings.Contains(logs.String(), "generated password") {
+			t.Errorf("a second password was generated:\n%s", logs.String())
+		}
+	})
+
+	t.Run("an admin changed since creation is left alone", func(t *testing.T) {
+		svc, st := newSvc()
+		u, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: "admin-password"}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.RemovePermission(ctx, "users/"+u.ID, "roles/user", false); err != nil {
+			t.Fatal(err)
+		}
+		if err := bootstrapAdmin(ctx, svc, st, "", slog.New(slog.DiscardHandler), slog.New(slog.DiscardHandler)); err != nil {
+			t.Fatal(err)
+		}
+		if superAdmin(svc, "admin", "admin-password") {
+			t.Fatal("*#admin granted to an admin whose grants were deliberately changed")
+		}
+	})
 }
