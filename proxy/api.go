@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -181,6 +182,12 @@ func (s *Server) verify(c echo.Context) (err error) {
 	}
 	acc, err := s.svc.VerifyAccess(ctx, tok, permission, authz.VerifyOptions{AtLeastRevision: atLeast, NoCache: !useCache, Explain: explain})
 	cache = cacheLabelOf(acc.Cache)
+	if atLeast > 0 && acc.Revision > 0 && acc.Revision < atLeast {
+		// A decision answers at least as fresh as any revision this store
+		// has reached; one it has not reached did not come from a write
+		// here, and the freshness it demands cannot be given.
+		return badRequest(fmt.Sprintf("at_least_revision %d is ahead of the store (at revision %d): it did not come from a write to this store", atLeast, acc.Revision))
+	}
 	if err != nil {
 		return err
 	}

@@ -553,3 +553,31 @@ func TestLoginFloodQueuesBehindTheHashLimit(t *testing.T) {
 		t.Errorf("a verify during the flood took %v of the flood's %v: decisions waited for hashing", slowest, total)
 	}
 }
+
+// A client reads its own writes: the revision a write reports, passed back
+// as at_least_revision, gets a decision that includes the write, however
+// fresh the cache believed it was. A revision the store has not reached is
+// refused.
+func TestVerifyAtLeastRevision(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	root := a.admin()
+	var u authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"rhea","password":"rheapassword"}`), bearer(root)), 200, "create").json(t, &u)
+	rt := a.login("rhea", "rheapassword")
+	for i := range 10 {
+		perm := fmt.Sprintf("projects/p%d%%23read", i)
+		// Cache the denial first.
+		a.expect(a.do("POST", "/auth/tokens/verify?permission="+perm, nil, bearer(rt)), 403, "before the grant")
+		w := a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+u.ID+"&permission="+perm, nil, bearer(root)), 204, "grant")
+		rev := w.header.Get(proxy.RevisionHeader)
+		r := a.expect(a.do("POST", "/auth/tokens/verify?permission="+perm+"&at_least_revision="+rev, nil, bearer(rt)), 200, "read own write at "+rev)
+		got, _ := strconv.ParseInt(r.header.Get(proxy.RevisionHeader), 10, 64)
+		want, _ := strconv.ParseInt(rev, 10, 64)
+		if got < want {
+			t.Fatalf("decision at revision %d, demanded %d", got, want)
+		}
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=99999999", nil, bearer(rt)), 400, "revision from the future")
+	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=-1", nil, bearer(rt)), 400, "negative revision")
+	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=soon", nil, bearer(rt)), 400, "not a number")
+}
