@@ -316,3 +316,60 @@ func TestBootstrapAdmin(t *testing.T) {
 		}
 	})
 }
+
+// `portcullis serve` without flags on a fresh machine: an embedded etcd in
+// ./data, an admin with a generated password that works. The two ports
+// come from the environment (the defaults, :8080 and :9090, may be taken
+// on a test machine), which is configuration without flags all the same.
+func TestServeWithoutFlags(t *testing.T) {
+	if cfg := defaultConfig(); cfg.Listen != ":8080" || cfg.MetricsListen != ":9090" || cfg.DataDir != "./data" {
+		t.Fatalf("defaults listen %q metrics_listen %q data_dir %q, want :8080 :9090 ./data", cfg.Listen, cfg.MetricsListen, cfg.DataDir)
+	}
+	dir := t.TempDir()
+	api, metrics := freeAddr(t), freeAddr(t)
+	logs := &etcdtest.SyncBuffer{}
+	cmd := exec.Command(binPath, "serve")
+	cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PORTCULLIS_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "PORTCULLIS_LISTEN="+api, "PORTCULLIS_METRICS_LISTEN="+metrics)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(logs.String(), "portcullis serving") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 60s:\n%s", logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "data")); err != nil || !fi.IsDir() {
+		t.Fatalf("no ./data directory in the working directory: %v", err)
+	}
+	var password string
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		var rec struct{ Msg, Password string }
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(rec.Msg, "generated password") {
+			password = rec.Password
+		}
+	}
+	if password == "" {
+		t.Fatalf("no generated password in the log:\n%s", logs)
+	}
+	passwordLogin(t, "http://"+api, "admin", password)
+}
