@@ -237,6 +237,13 @@ func TestUsersAPI(t *testing.T) {
 	a.expect(a.do("PATCH", "/users/"+u.ID, strings.NewReader(`{"username":"veronica"}`), bearer(vt)), 403, "patch needs admin on users")
 	a.expect(a.do("PATCH", "/users/"+u.ID, strings.NewReader(`{"username":"veronica"}`), bearer(tok)), 200, "patch")
 	a.login("veronica", "verapassword")
+	// The old username is free again: nobody signs in with it, and a new
+	// user may take it.
+	a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(url.Values{"grant_type": {"password"}, "username": {"vera"}, "password": {"verapassword"}}.Encode()), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}), 400, "old username")
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"vera"}`), bearer(tok)), 200, "old username taken by a new user")
+	a.expect(a.do("PATCH", "/users/"+u.ID, strings.NewReader(`{"email":"veronica@example.com"}`), bearer(tok)), 200, "patch email")
+	a.login("veronica@example.com", "verapassword")
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"email":"vera@example.com"}`), bearer(tok)), 200, "old email taken by a new user")
 	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`"newverapassword"`), bearer(vt)), 204, "change own password")
 	a.expect(a.do("GET", "/users/me", nil, bearer(vt)), 401, "session after password change")
 	vt = a.login("veronica", "newverapassword")
@@ -245,7 +252,16 @@ func TestUsersAPI(t *testing.T) {
 	var ut string
 	a.expect(a.do("GET", "/users/"+u.ID+"/token?access_level=read", nil, bearer(vt)), 200, "user token").json(t, &ut)
 	a.expect(a.do("GET", "/users/me", nil, bearer(ut)), 200, "user token works")
-	a.expect(a.do("DELETE", "/users/"+u.ID, nil, bearer(tok)), 204, "delete")
+	// Deleting needs admin on that user (contaxy checks a literal
+	// "users/{user_id}" instead): a grant on another user does not do,
+	// one on this user does.
+	var del authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"dora","password":"dorapassword"}`), bearer(tok)), 200, "create dora").json(t, &del)
+	a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+del.ID+"&permission=users/nobody%23admin", nil, bearer(tok)), 204, "grant on another user")
+	dt := a.login("dora", "dorapassword")
+	a.expect(a.do("DELETE", "/users/"+u.ID, nil, bearer(dt)), 403, "delete without admin on the user")
+	a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+del.ID+"&permission=users/"+u.ID+"%23admin", nil, bearer(tok)), 204, "grant on the user")
+	a.expect(a.do("DELETE", "/users/"+u.ID, nil, bearer(dt)), 204, "delete")
 	a.expect(a.do("GET", "/users/"+u.ID, nil, bearer(tok)), 404, "deleted")
 	a.expect(a.do("GET", "/users/me", nil, bearer(ut)), 401, "deleted user's token")
 }
@@ -283,7 +299,10 @@ func TestOAuthEndpoints(t *testing.T) {
 	// Anonymous revoke/introspect change and disclose nothing.
 	rv := url.Values{"token": {cookieTok}}.Encode()
 	ct := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
-	a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(rv), ct), 401, "anonymous introspect")
+	r = a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(rv), ct), 401, "anonymous introspect")
+	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="portcullis"` {
+		t.Fatalf("anonymous 401 challenge %q: RFC 6750 §3.1 gives no error code without a token", got)
+	}
 	a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(rv), ct), 401, "anonymous revoke")
 	a.expect(a.do("GET", "/users/me", nil, bearer(cookieTok)), 200, "still valid")
 	withAuth := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer " + cookieTok}

@@ -89,18 +89,14 @@ func (s *Server) handleError(err error, c echo.Context) {
 		h.Set("Cache-Control", "no-store")
 		h.Set("Pragma", "no-cache")
 		if status == http.StatusUnauthorized {
-			h.Set("WWW-Authenticate", `Bearer realm="portcullis", error="invalid_token"`)
+			h.Set("WWW-Authenticate", bearerChallenge(req))
 		}
 		s.logError(c, status, err)
 		_ = c.JSON(status, map[string]string{"error": oauthCode(status), "error_description": p.Message + explanationSuffix(p)})
 		return
 	}
 	if status == http.StatusUnauthorized {
-		v := `Bearer realm="portcullis"`
-		if credentialPresent(req) {
-			v += `, error="invalid_token"`
-		}
-		c.Response().Header().Set("WWW-Authenticate", v)
+		c.Response().Header().Set("WWW-Authenticate", bearerChallenge(req))
 	}
 	s.logError(c, status, err)
 	if req.Method == http.MethodHead {
@@ -108,6 +104,16 @@ func (s *Server) handleError(err error, c echo.Context) {
 		return
 	}
 	_ = c.JSON(status, p)
+}
+
+// bearerChallenge is the RFC 6750 §3 challenge of a 401: error=
+// "invalid_token" when the request carried a token, and no error code
+// when it carried none (§3.1).
+func bearerChallenge(req *http.Request) string {
+	if credentialPresent(req) {
+		return `Bearer realm="portcullis", error="invalid_token"`
+	}
+	return `Bearer realm="portcullis"`
 }
 
 func (s *Server) logError(c echo.Context, status int, err error) {
