@@ -600,3 +600,13 @@ func TestVerifyAtLeastRevision(t *testing.T) {
 	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=-1", nil, bearer(rt)), 400, "negative revision")
 	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=soon", nil, bearer(rt)), 400, "not a number")
 }
+
+func TestAuthZENMetadata(t *testing.T) {
+	a := newAPI(t, proxy.Config{PublicURL: "https://auth.example.com/pc"})
+	var md map[string]string
+	a.expect(a.do("GET", "/.well-known/authzen-configuration", nil, nil), 200, "metadata").json(t, &md)
+	if md["policy_decision_point"] != "https://auth.example.com/pc" || md["access_evaluation_endpoint"] != "https://auth.example.com/pc/access/v1/evaluation" ||
+		md["access_evaluations_endpoint"] != "https://auth.example.com/pc/access/v1/evaluations" {
+		t.Fatalf("metadata = %v", md)
+	}
+}

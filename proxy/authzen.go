@@ -310,3 +310,16 @@ func quoteJSON(s string) string {
 	}
 	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
 }
+
+// authzenMetadata is the PDP metadata of AuthZEN 1.0 (the discovery
+// document at /.well-known/authzen-configuration): where the evaluation
+// endpoints are. Portcullis offers no search endpoints.
+func (s *Server) authzenMetadata(c echo.Context) error {
+	base := s.baseURL(c.Request())
+	c.Response().Header().Set("Cache-Control", "public, max-age=300")
+	return c.JSON(http.StatusOK, map[string]any{
+		"policy_decision_point":       base,
+		"access_evaluation_endpoint":  base + "/access/v1/evaluation",
+		"access_evaluations_endpoint": base + "/access/v1/evaluations",
+	})
+}
