@@ -204,15 +204,17 @@ func explanationSuffix(p Problem) string {
 // whose message is msg: authz errors are written to be shown to clients
 // (they never contain secrets). Wrapping that repeats itself ("create
 // user: create user: ...", each layer naming the operation) is said once,
-// and the message is not repeated ("unauthenticated: unknown token"
-// explains "unauthenticated" as "unknown token"; a bare sentinel adds
-// nothing and gives no explanation).
+// and the message is not repeated: clients show "message: explanation",
+// so "unauthenticated: unknown token" explains "unauthenticated" as
+// "unknown token", "login id \"alice\": already exists" explains "already
+// exists" as "login id \"alice\"", and a bare sentinel explains nothing.
 func publicReason(msg string, err error) string {
 	s := dedupeWrapping(err.Error())
 	if s == msg {
 		return ""
 	}
-	return strings.TrimPrefix(s, msg+": ")
+	s = strings.TrimPrefix(s, msg+": ")
+	return strings.TrimSuffix(s, ": "+msg)
 }
 
 // dedupeWrapping drops a ": "-separated segment of an error text when the
