@@ -171,7 +171,7 @@ func (s *Server) verify(c echo.Context) (err error) {
 			return err
 		}
 		if tok == "" {
-			return authz.ErrUnauthenticated
+			return errNoCredential
 		}
 	}
 	if explain {

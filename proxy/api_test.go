@@ -459,7 +459,7 @@ func TestProblemsSayThingsOnce(t *testing.T) {
 	}{
 		{"duplicate user", "POST", "/users", `{"username":"alice"}`, bearer(tok), 409, `create user: login id "alice"`},
 		{"delete unknown user", "DELETE", "/users/nosuchuser", ``, bearer(tok), 404, `delete user "nosuchuser"`},
-		{"anonymous", "GET", "/users/me", ``, nil, 401, ``},
+		{"anonymous", "GET", "/users/me", ``, nil, 401, `no token in the request (send Authorization: Bearer, or the ct_token header or cookie)`},
 		{"unknown token", "GET", "/users/me", ``, bearer("pct_nope"), 401, `unknown token`},
 		{"empty body", "POST", "/users", ``, bearer(tok), 400, `the body is empty; want a JSON value`},
 		{"wrong type", "POST", "/users", `{"username":5}`, bearer(tok), 400, `field "username": want a string, got a JSON number`},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -190,6 +191,9 @@ func credentialPresent(req *http.Request) bool {
 	return err == nil
 }
 
+// errNoCredential answers a request that carried no token at all.
+var errNoCredential = fmt.Errorf("%w: no token in the request (send Authorization: Bearer, or the ct_token header or cookie)", authz.ErrUnauthenticated)
+
 // caller verifies the request's token once per request.
 func (s *Server) caller(c echo.Context) (authz.Access, error) {
 	sc := scopeOf(c)
@@ -202,7 +206,7 @@ func (s *Server) caller(c echo.Context) (authz.Access, error) {
 	sc.resolved = true
 	tok, err := s.credential(c.Request())
 	if err == nil && tok == "" {
-		err = authz.ErrUnauthenticated
+		err = errNoCredential
 	}
 	if err == nil {
 		var acc authz.Access
