@@ -181,16 +181,6 @@ func withoutTokenCookie(h http.Header) string {
 	return strings.Join(kept, "; ")
 }
 
-// credentialPresent reports whether the request carried any token, for
-// RFC 6750's error="invalid_token".
-func credentialPresent(req *http.Request) bool {
-	if strings.HasPrefix(strings.ToLower(req.Header.Get("Authorization")), "bearer ") || req.Header.Get(tokenHeader) != "" {
-		return true
-	}
-	_, err := req.Cookie(tokenCookie)
-	return err == nil
-}
-
 // errNoCredential answers a request that carried no token at all.
 var errNoCredential = fmt.Errorf("%w: no token in the request (send Authorization: Bearer, or the ct_token header or cookie)", authz.ErrUnauthenticated)
 

@@ -89,14 +89,14 @@ func (s *Server) handleError(err error, c echo.Context) {
 		h.Set("Cache-Control", "no-store")
 		h.Set("Pragma", "no-cache")
 		if status == http.StatusUnauthorized {
-			h.Set("WWW-Authenticate", bearerChallenge(req))
+			h.Set("WWW-Authenticate", s.bearerChallenge(req))
 		}
 		s.logError(c, status, err)
 		_ = c.JSON(status, map[string]string{"error": oauthCode(status), "error_description": p.Message + explanationSuffix(p)})
 		return
 	}
 	if status == http.StatusUnauthorized {
-		c.Response().Header().Set("WWW-Authenticate", bearerChallenge(req))
+		c.Response().Header().Set("WWW-Authenticate", s.bearerChallenge(req))
 	}
 	s.logError(c, status, err)
 	if req.Method == http.MethodHead {
@@ -108,9 +108,10 @@ func (s *Server) handleError(err error, c echo.Context) {
 
 // bearerChallenge is the RFC 6750 §3 challenge of a 401: error=
 // "invalid_token" when the request carried a token, and no error code
-// when it carried none (§3.1).
-func bearerChallenge(req *http.Request) string {
-	if credentialPresent(req) {
+// when it carried none (§3.1). A token counts wherever it was sent: the
+// ct_token query parameter only when that is enabled.
+func (s *Server) bearerChallenge(req *http.Request) string {
+	if tok, err := s.credential(req); err != nil || tok != "" {
 		return `Bearer realm="portcullis", error="invalid_token"`
 	}
 	return `Bearer realm="portcullis"`
