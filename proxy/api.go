@@ -436,6 +436,8 @@ func (s *Server) changePassword(c echo.Context) error {
 	raw := c.Param("id")
 	id, ok := strings.CutSuffix(raw, ":change-password")
 	if !ok {
+		// PUT is only the custom method; the user itself takes these.
+		c.Response().Header().Set("Allow", "GET, PATCH, DELETE")
 		return echo.ErrMethodNotAllowed
 	}
 	c.SetParamValues(id)

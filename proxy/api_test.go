@@ -248,7 +248,9 @@ func TestUsersAPI(t *testing.T) {
 	a.expect(a.do("GET", "/users/me", nil, bearer(vt)), 401, "session after password change")
 	vt = a.login("veronica", "newverapassword")
 	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`123`), bearer(vt)), 400, "password not a string")
-	a.expect(a.do("PUT", "/users/"+u.ID+":reset", strings.NewReader(`"x"`), bearer(vt)), 405, "unknown custom method")
+	if r := a.expect(a.do("PUT", "/users/"+u.ID+":reset", strings.NewReader(`"x"`), bearer(vt)), 405, "unknown custom method"); r.header.Get("Allow") == "" {
+		t.Fatal("405 without an Allow header")
+	}
 	var ut string
 	a.expect(a.do("GET", "/users/"+u.ID+"/token?access_level=read", nil, bearer(vt)), 200, "user token").json(t, &ut)
 	a.expect(a.do("GET", "/users/me", nil, bearer(ut)), 200, "user token works")
