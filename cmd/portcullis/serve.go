@@ -95,6 +95,21 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return configError{fmt.Errorf("metrics_tls_cert_file/metrics_tls_key_file: %w", err)}
 	}
 
+	// One registry for every layer: the store and authz get observers
+	// backed by it, the proxy registers its own collectors.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The metrics listener answers from the start: /healthz says the
+	// process is alive while the store is opened (which may take up to
+	// etcd_dial_timeout), and /readyz says 503 until everything is up.
+	var draining atomic.Bool
+	var ready atomic.Pointer[readiness]
+	metricsSrv := newHTTPServer(metricsHandler(reg, &ready, &draining))
+	metricsSrv.TLSConfig = metricsTLS
+	defer metricsSrv.Close() // start-up failed, or after the drain: a no-op
+	metricsDone := make(chan error, 1)
+	go func() { metricsDone <- serveOn(metricsSrv, metricsLn) }()
+
 	// startCtx (the signal) bounds start-up. The parts that run — store
 	// watch, gRPC, embedded etcd — get runCtx instead, which ends only
 	// after the HTTP servers have drained: in-flight requests still need
@@ -132,10 +147,6 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return configError{err}
 	}
-	// One registry for every layer: the store and authz get observers
-	// backed by it, the proxy registers its own collectors.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Bounded: dialing takes at most etcd_dial_timeout, the first reads
 	// a few seconds more; then start-up fails naming the endpoints.
 	openCtx, cancel := context.WithTimeout(startCtx, cfg.EtcdDialTimeout+5*time.Second)
@@ -196,28 +207,11 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		// by ReadHeaderTimeout and upstreams by the proxy timeouts.
 		apiSrv.ReadTimeout, apiSrv.WriteTimeout = 0, 0
 	}
-	var draining atomic.Bool
 	drainingCh := make(chan struct{}) // closed with draining set: gRPC health follows
-	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st, &draining))
-	metricsSrv.TLSConfig = metricsTLS
 
-	for _, s := range []struct {
-		srv *http.Server
-		ln  net.Listener
-	}{{apiSrv, apiLn}, {metricsSrv, metricsLn}} {
-		g.Go(func() error {
-			var err error
-			if s.srv.TLSConfig != nil {
-				err = s.srv.ServeTLS(s.ln, "", "")
-			} else {
-				err = s.srv.Serve(s.ln)
-			}
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-	}
+	g.Go(func() error { return serveOn(apiSrv, apiLn) })
+	g.Go(func() error { return <-metricsDone })
+	ready.Store(&readiness{svc: svc, st: st})
 	if grpcLn != nil {
 		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api, drainingCh) })
 		log.Info("envoy ext_authz gRPC serving", "grpc_listen", grpcLn.Addr().String())
@@ -405,9 +399,31 @@ func grantSuperAdmin(ctx context.Context, svc *authz.Service, id string, audit *
 	return nil
 }
 
+// serveOn serves srv on ln (TLS when srv has a TLS configuration) until
+// it is shut down.
+func serveOn(srv *http.Server, ln net.Listener) error {
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(ln, "", "")
+	} else {
+		err = srv.Serve(ln)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// readiness is what /readyz checks once start-up is complete.
+type readiness struct {
+	svc *authz.Service
+	st  authz.Store
+}
+
 // metricsHandler serves /metrics, /healthz and /readyz; /readyz answers
-// 503 once draining is set, at the start of a graceful shutdown.
-func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store, draining *atomic.Bool) http.Handler {
+// 503 until ready is set at the end of start-up, and again once draining
+// is set, at the start of a graceful shutdown.
+func metricsHandler(reg *prometheus.Registry, ready *atomic.Pointer[readiness], draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -421,6 +437,12 @@ func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
+		rd := ready.Load()
+		if rd == nil {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		svc, st := rd.svc, rd.st
 		if !svc.WatchStatus().Healthy {
 			http.Error(w, "store watch not current", http.StatusServiceUnavailable)
 			return

@@ -373,3 +373,51 @@ func TestServeWithoutFlags(t *testing.T) {
 	}
 	passwordLogin(t, "http://"+api, "admin", password)
 }
+
+// While the store is being opened (here: an etcd that never answers),
+// the metrics listener already says the process is alive (/healthz 200)
+// and not ready (/readyz 503), instead of leaving probes hanging.
+func TestProbesAnswerDuringStartUp(t *testing.T) {
+	api, metrics := freeAddr(t), freeAddr(t)
+	logs := &etcdtest.SyncBuffer{}
+	cmd := exec.Command(binPath, "serve", "--listen", api, "--metrics-listen", metrics,
+		"--etcd-endpoints", freeAddr(t), "--etcd-dial-timeout", "3s")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	client := &http.Client{Timeout: time.Second}
+	status := func(path string) int {
+		resp, err := client.Get("http://" + metrics + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for status("/healthz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz did not answer 200 during start-up:\n%s", logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := status("/readyz"); got != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz during start-up: %d, want 503", got)
+	}
+	select {
+	case <-exited:
+		if waitErr == nil {
+			t.Fatal("started without a store")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("still running 30s after etcd_dial_timeout")
+	}
+}
