@@ -188,6 +188,10 @@ func (s *Server) verify(c echo.Context) (err error) {
 		// here, and the freshness it demands cannot be given.
 		return badRequest(fmt.Sprintf("at_least_revision %d is ahead of the store (at revision %d): it did not come from a write to this store", atLeast, acc.Revision))
 	}
+	var de *authz.DeniedError
+	if explain && errors.As(err, &de) {
+		return explainedDenial{de}
+	}
 	if err != nil {
 		return err
 	}

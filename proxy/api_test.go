@@ -612,3 +612,42 @@ func TestAuthZENMetadata(t *testing.T) {
 		t.Fatalf("metadata = %v", md)
 	}
 }
+
+// explain=true says why, for admins: on an allow the scope, grant and
+// roles; on a denial what was missing, in the problem's details.
+func TestVerifyExplain(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	root := a.admin()
+	var u authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"eve","password":"evepassword"}`), bearer(root)), 200, "create").json(t, &u)
+	a.expect(a.do("POST", "/auth/permissions?resource_name=roles/dev&permission=projects/p%23write", nil, bearer(root)), 204, "role grant")
+	a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+u.ID+"&permission=roles/dev", nil, bearer(root)), 204, "role")
+	et := a.login("eve", "evepassword")
+	var narrow string
+	a.expect(a.do("POST", "/auth/tokens?scope=projects/p%23read&token_type=api-token", nil, bearer(et)), 200, "narrow token").json(t, &narrow)
+	body := func(tok string) io.Reader { return strings.NewReader(string(mustJSON(tok))) }
+
+	var acc struct {
+		Explanation authz.Explanation `json:"explanation"`
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/p/x%23write&explain=true", body(et), bearer(root)), 200, "allowed through a role").json(t, &acc)
+	if ex := acc.Explanation; !ex.Allowed || ex.Grant != "projects/p#write" || ex.Holder != "roles/dev" || ex.Reason == "" {
+		t.Fatalf("allow explanation %+v", ex)
+	}
+	for _, tc := range []struct{ name, perm, token, missing string }{
+		{"no grant", "projects/q%23read", et, "grant"},
+		{"scope too narrow", "projects/p%23write", narrow, "scope"},
+	} {
+		var p proxy.Problem
+		a.expect(a.do("POST", "/auth/tokens/verify?permission="+tc.perm+"&explain=true", body(tc.token), bearer(root)), 403, tc.name).json(t, &p)
+		if p.Details == nil || p.Details.Allowed || p.Details.Missing != tc.missing || p.Explanation == "" {
+			t.Fatalf("%s: problem %+v details %+v, want missing %q", tc.name, p, p.Details, tc.missing)
+		}
+		var plain proxy.Problem
+		a.expect(a.do("POST", "/auth/tokens/verify?permission="+tc.perm, body(tc.token), nil), 403, tc.name+" without explain").json(t, &plain)
+		if plain.Details != nil {
+			t.Fatalf("%s: details without explain=true: %+v", tc.name, plain.Details)
+		}
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/q%23read&explain=true", body(et), bearer(et)), 403, "explain is for admins")
+}

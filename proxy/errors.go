@@ -22,7 +22,16 @@ type Problem struct {
 	Code        int    `json:"code"`
 	Message     string `json:"message"`
 	Explanation string `json:"explanation,omitempty"`
+	// Details says why a verification with explain=true was denied: what
+	// was missing, the scope or grant that was there (a Portcullis
+	// extension; contaxy clients ignore it).
+	Details *authz.Explanation `json:"details,omitempty"`
 }
+
+// explainedDenial is a denial an admin asked to have explained.
+type explainedDenial struct{ *authz.DeniedError }
+
+func (e explainedDenial) Unwrap() error { return e.DeniedError }
 
 // problemError is an error a handler returns to answer with a specific
 // status and message.
@@ -131,6 +140,7 @@ func (s *Server) classify(err error) (int, Problem) {
 	var pe *problemError
 	var ie *authz.InvalidError
 	var de *authz.DeniedError
+	var ed explainedDenial
 	var he *echo.HTTPError
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
@@ -148,6 +158,8 @@ func (s *Server) classify(err error) (int, Problem) {
 		return http.StatusBadRequest, Problem{Code: 400, Message: dedupeWrapping(err.Error())}
 	case errors.Is(err, authz.ErrUnauthenticated):
 		return http.StatusUnauthorized, Problem{Code: 401, Message: "unauthenticated", Explanation: publicReason("unauthenticated", err)}
+	case errors.As(err, &ed) && ed.Explanation != nil:
+		return http.StatusForbidden, Problem{Code: 403, Message: "permission denied", Explanation: ed.Explanation.Reason, Details: ed.Explanation}
 	case errors.As(err, &de):
 		p := Problem{Code: 403, Message: "permission denied"}
 		if de.Explanation != nil {
