@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -76,7 +77,12 @@ func (s *Server) createToken(c echo.Context) error {
 		return err
 	}
 	q := c.QueryParams()
-	spec := authz.TokenSpec{Scopes: q["scope"], Type: authz.TokenTypeSession}
+	// contaxy's API takes "scope" (repeated); its Python client sends
+	// "scopes", which contaxy ignores, handing out a token with all of the
+	// caller's scopes. Both are read here, so that client gets the
+	// narrower token it asked for.
+	scopes := append(append([]string(nil), q["scope"]...), q["scopes"]...)
+	spec := authz.TokenSpec{Scopes: scopes, Type: authz.TokenTypeSession}
 	for name, dst := range map[string]*string{"token_type": &spec.Type, "description": &spec.Description, "token_purpose": &spec.Purpose} {
 		v, err := queryOne(c, name)
 		if err != nil {
@@ -165,7 +171,7 @@ func (s *Server) verify(c echo.Context) (err error) {
 			return err
 		}
 		if tok == "" {
-			return authz.ErrUnauthenticated
+			return errNoCredential
 		}
 	}
 	if explain {
@@ -176,6 +182,16 @@ func (s *Server) verify(c echo.Context) (err error) {
 	}
 	acc, err := s.svc.VerifyAccess(ctx, tok, permission, authz.VerifyOptions{AtLeastRevision: atLeast, NoCache: !useCache, Explain: explain})
 	cache = cacheLabelOf(acc.Cache)
+	if atLeast > 0 && acc.Revision > 0 && acc.Revision < atLeast {
+		// A decision answers at least as fresh as any revision this store
+		// has reached; one it has not reached did not come from a write
+		// here, and the freshness it demands cannot be given.
+		return badRequest(fmt.Sprintf("at_least_revision %d is ahead of the store (at revision %d): it did not come from a write to this store", atLeast, acc.Revision))
+	}
+	var de *authz.DeniedError
+	if explain && errors.As(err, &de) {
+		return explainedDenial{de}
+	}
 	if err != nil {
 		return err
 	}
@@ -338,7 +354,7 @@ func (s *Server) createUser(c echo.Context) error {
 }
 
 func badRequestJSON(err error) error {
-	return &problemError{status: http.StatusBadRequest, msg: "malformed JSON body", expl: err.Error(), err: err}
+	return &problemError{status: http.StatusBadRequest, msg: "malformed JSON body", expl: jsonProblem(err), err: err}
 }
 
 func (s *Server) me(c echo.Context) error {
@@ -424,6 +440,8 @@ func (s *Server) changePassword(c echo.Context) error {
 	raw := c.Param("id")
 	id, ok := strings.CutSuffix(raw, ":change-password")
 	if !ok {
+		// PUT is only the custom method; the user itself takes these.
+		c.Response().Header().Set("Allow", "GET, PATCH, DELETE")
 		return echo.ErrMethodNotAllowed
 	}
 	c.SetParamValues(id)
@@ -434,12 +452,9 @@ func (s *Server) changePassword(c echo.Context) error {
 	if _, err := s.require(c, "users/"+id+"#admin"); err != nil {
 		return err
 	}
-	pw, ok, err := readJSONString(c)
+	pw, err := readPassword(c)
 	if err != nil {
 		return err
-	}
-	if !ok {
-		return badRequest("body must be the new password as a JSON string")
 	}
 	rev, err := s.svc.ChangePassword(c.Request().Context(), id, pw)
 	if err != nil {
@@ -448,6 +463,40 @@ func (s *Server) changePassword(c echo.Context) error {
 	s.auditChange(c, actorOf(c), AuditUserPassword, rev, slog.String("user_id", id))
 	setRevision(c, rev)
 	return c.NoContent(http.StatusNoContent)
+}
+
+// readPassword reads the body of change-password: the password as a JSON
+// string, as contaxy's API documents. contaxy's Python client sends the
+// bare password instead (requests' data=password, no Content-Type), so a
+// body that is not JSON at all, sent without a JSON Content-Type, is the
+// password itself. A body that is JSON but not a string is refused: it is
+// ambiguous.
+func readPassword(c echo.Context) (string, error) {
+	body, err := readBody(c)
+	if err != nil {
+		return "", err
+	}
+	const want = "body must be the new password as a JSON string"
+	if len(body) == 0 {
+		return "", badRequest(want)
+	}
+	var pw string
+	err = decodeStrict(body, &pw)
+	if err == nil {
+		return pw, nil
+	}
+	var probe any
+	if isJSONContentType(c.Request().Header.Get("Content-Type")) || json.Unmarshal(body, &probe) == nil {
+		return "", badRequest(want)
+	}
+	return string(body), nil
+}
+
+// isJSONContentType reports application/json and its +json relatives.
+func isJSONContentType(ct string) bool {
+	mt, _, _ := strings.Cut(strings.ToLower(ct), ";")
+	mt = strings.TrimSpace(mt)
+	return mt == "application/json" || (strings.HasPrefix(mt, "application/") && strings.HasSuffix(mt, "+json"))
 }
 
 func (s *Server) userToken(c echo.Context) error {

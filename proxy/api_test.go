@@ -2,16 +2,21 @@ package proxy_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/proxy"
+	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
 type api struct {
@@ -232,15 +237,33 @@ func TestUsersAPI(t *testing.T) {
 	a.expect(a.do("PATCH", "/users/"+u.ID, strings.NewReader(`{"username":"veronica"}`), bearer(vt)), 403, "patch needs admin on users")
 	a.expect(a.do("PATCH", "/users/"+u.ID, strings.NewReader(`{"username":"veronica"}`), bearer(tok)), 200, "patch")
 	a.login("veronica", "verapassword")
+	// The old username is free again: nobody signs in with it, and a new
+	// user may take it.
+	a.expect(a.do("POST", "/auth/oauth/token", strings.NewReader(url.Values{"grant_type": {"password"}, "username": {"vera"}, "password": {"verapassword"}}.Encode()), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}), 400, "old username")
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"vera"}`), bearer(tok)), 200, "old username taken by a new user")
+	a.expect(a.do("PATCH", "/users/"+u.ID, strings.NewReader(`{"email":"veronica@example.com"}`), bearer(tok)), 200, "patch email")
+	a.login("veronica@example.com", "verapassword")
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"email":"vera@example.com"}`), bearer(tok)), 200, "old email taken by a new user")
 	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`"newverapassword"`), bearer(vt)), 204, "change own password")
 	a.expect(a.do("GET", "/users/me", nil, bearer(vt)), 401, "session after password change")
 	vt = a.login("veronica", "newverapassword")
 	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`123`), bearer(vt)), 400, "password not a string")
-	a.expect(a.do("PUT", "/users/"+u.ID+":reset", strings.NewReader(`"x"`), bearer(vt)), 405, "unknown custom method")
+	if r := a.expect(a.do("PUT", "/users/"+u.ID+":reset", strings.NewReader(`"x"`), bearer(vt)), 405, "unknown custom method"); r.header.Get("Allow") == "" {
+		t.Fatal("405 without an Allow header")
+	}
 	var ut string
 	a.expect(a.do("GET", "/users/"+u.ID+"/token?access_level=read", nil, bearer(vt)), 200, "user token").json(t, &ut)
 	a.expect(a.do("GET", "/users/me", nil, bearer(ut)), 200, "user token works")
-	a.expect(a.do("DELETE", "/users/"+u.ID, nil, bearer(tok)), 204, "delete")
+	// Deleting needs admin on that user (contaxy checks a literal
+	// "users/{user_id}" instead): a grant on another user does not do,
+	// one on this user does.
+	var del authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"dora","password":"dorapassword"}`), bearer(tok)), 200, "create dora").json(t, &del)
+	a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+del.ID+"&permission=users/nobody%23admin", nil, bearer(tok)), 204, "grant on another user")
+	dt := a.login("dora", "dorapassword")
+	a.expect(a.do("DELETE", "/users/"+u.ID, nil, bearer(dt)), 403, "delete without admin on the user")
+	a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+del.ID+"&permission=users/"+u.ID+"%23admin", nil, bearer(tok)), 204, "grant on the user")
+	a.expect(a.do("DELETE", "/users/"+u.ID, nil, bearer(dt)), 204, "delete")
 	a.expect(a.do("GET", "/users/"+u.ID, nil, bearer(tok)), 404, "deleted")
 	a.expect(a.do("GET", "/users/me", nil, bearer(ut)), 401, "deleted user's token")
 }
@@ -278,7 +301,10 @@ func TestOAuthEndpoints(t *testing.T) {
 	// Anonymous revoke/introspect change and disclose nothing.
 	rv := url.Values{"token": {cookieTok}}.Encode()
 	ct := map[string]string{"Content-Type": "application/x-www-form-urlencoded"}
-	a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(rv), ct), 401, "anonymous introspect")
+	r = a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(rv), ct), 401, "anonymous introspect")
+	if got := r.header.Get("WWW-Authenticate"); got != `Bearer realm="portcullis"` {
+		t.Fatalf("anonymous 401 challenge %q: RFC 6750 §3.1 gives no error code without a token", got)
+	}
 	a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(rv), ct), 401, "anonymous revoke")
 	a.expect(a.do("GET", "/users/me", nil, bearer(cookieTok)), 200, "still valid")
 	withAuth := map[string]string{"Content-Type": "application/x-www-form-urlencoded", "Authorization": "Bearer " + cookieTok}
@@ -300,33 +326,328 @@ func TestAuthZEN(t *testing.T) {
 		t.Fatal(err)
 	}
 	zt := a.login("zed", "zedpassword")
+	zed := `{"type":"user","id":"` + u.ID + `"}`
 	eval := func(body string, tok string) map[string]any {
 		var out map[string]any
 		a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(body), bearer(tok)), 200, body).json(t, &out)
 		return out
 	}
-	if d := eval(`{"subject":{"type":"user","id":"`+u.ID+`"},"resource":{"type":"projects","id":"p"},"action":{"name":"can_read"}}`, zt); d["decision"] != true {
+	if d := eval(`{"subject":`+zed+`,"resource":{"type":"projects","id":"p"},"action":{"name":"can_read"}}`, zt); d["decision"] != true {
 		t.Fatalf("read = %v", d)
 	}
-	if d := eval(`{"resource":{"type":"projects","id":"p"},"action":{"name":"write"}}`, zt); d["decision"] != false {
+	if d := eval(`{"subject":`+zed+`,"resource":{"type":"projects","id":"p"},"action":{"name":"write"}}`, zt); d["decision"] != false {
 		t.Fatalf("write = %v", d)
 	}
-	if d := eval(`{"subject":{"type":"user","id":"someone-else"},"resource":{"id":"projects/p"},"action":{"name":"read"}}`, zt); d["decision"] != false {
+	if d := eval(`{"subject":{"type":"user","id":"someone-else"},"resource":{"type":"resource","id":"projects/p"},"action":{"name":"read"}}`, zt); d["decision"] != false {
 		t.Fatalf("mismatched subject = %v", d)
 	}
-	if d := eval(`{"subject":{"type":"user","id":"`+u.ID+`","properties":{"token":"`+zt+`"}},"resource":{"id":"projects/p/x"},"action":{"name":"GET"}}`, tok); d["decision"] != true {
+	if d := eval(`{"subject":{"type":"user","id":"`+u.ID+`","properties":{"token":"`+zt+`"}},"resource":{"type":"resource","id":"projects/p/x"},"action":{"name":"GET"}}`, tok); d["decision"] != true {
 		t.Fatalf("forwarded token = %v", d)
 	}
 	var batch map[string][]map[string]any
-	a.expect(a.do("POST", "/access/v1/evaluations", strings.NewReader(`{"action":{"name":"read"},"evaluations":[{"resource":{"id":"projects/p"}},{"resource":{"id":"projects/q"}}]}`), bearer(zt)), 200, "batch").json(t, &batch)
+	a.expect(a.do("POST", "/access/v1/evaluations", strings.NewReader(`{"subject":`+zed+`,"action":{"name":"read"},"evaluations":[{"resource":{"type":"resource","id":"projects/p"}},{"resource":{"type":"resource","id":"projects/q"}}]}`), bearer(zt)), 200, "batch").json(t, &batch)
 	if len(batch["evaluations"]) != 2 || batch["evaluations"][0]["decision"] != true || batch["evaluations"][1]["decision"] != false {
 		t.Fatalf("batch = %v", batch)
 	}
-	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"resource":{"id":"p"},"action":{"name":"fly"}}`), bearer(zt)), 400, "unknown action")
-	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"resource":{"id":"p"},"action":{"name":"read"}}`), nil), 401, "anonymous")
+	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"subject":`+zed+`,"resource":{"type":"resource","id":"p"},"action":{"name":"fly"}}`), bearer(zt)), 400, "unknown action")
+	a.expect(a.do("POST", "/access/v1/evaluation", strings.NewReader(`{"subject":`+zed+`,"resource":{"type":"resource","id":"p"},"action":{"name":"read"}}`), nil), 401, "anonymous")
+}
+
+// What the AuthZEN 1.0 specification (and the working group's
+// conformance profile) asks of a PDP beyond the decision itself.
+func TestAuthZENConformance(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	a.admin()
+	u, _, _ := a.svc.CreateUser(bg, authz.UserInput{Username: "zoe", Password: "zoepassword"}, false)
+	if _, err := a.svc.AddPermission(bg, "users/"+u.ID, "record/record-1#write"); err != nil {
+		t.Fatal(err)
+	}
+	zt := a.login("zoe", "zoepassword")
+	subject := `"subject":{"type":"user","id":"` + u.ID + `"}`
+	hdr := map[string]string{"Authorization": "Bearer " + zt, "Content-Type": "application/json"}
+	post := func(path, body string, h map[string]string) reply {
+		return a.do("POST", path, strings.NewReader(body), h)
+	}
+
+	t.Run("X-Request-ID is echoed", func(t *testing.T) {
+		h := map[string]string{"Authorization": "Bearer " + zt, "X-Request-ID": "pep-4711"}
+		r := a.expect(post("/access/v1/evaluation", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`, h), 200, "with request id")
+		if got := r.header.Get("X-Request-Id"); got != "pep-4711" {
+			t.Fatalf("X-Request-ID = %q, want pep-4711", got)
+		}
+	})
+	t.Run("unknown members are ignored", func(t *testing.T) {
+		var d map[string]any
+		a.expect(post("/access/v1/evaluation", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1","properties":{"owner":"bob"}},"foo":"bar","futureField":{"nested":true},"context":{"ip":"192.168.1.1"}}`, hdr), 200, "unknown fields").json(t, &d)
+		if d["decision"] != true {
+			t.Fatalf("decision = %v", d)
+		}
+	})
+	for _, tc := range []struct{ name, body string }{
+		{"missing subject", `{"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"missing action", `{` + subject + `,"resource":{"type":"record","id":"record-1"}}`},
+		{"missing resource", `{` + subject + `,"action":{"name":"read"}}`},
+		{"subject without type", `{"subject":{"id":"` + u.ID + `"},"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"subject without id", `{"subject":{"type":"user"},"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"action without name", `{` + subject + `,"action":{},"resource":{"type":"record","id":"record-1"}}`},
+		{"resource without type", `{` + subject + `,"action":{"name":"read"},"resource":{"id":"record-1"}}`},
+		{"resource without id", `{` + subject + `,"action":{"name":"read"},"resource":{"type":"record"}}`},
+		{"subject is a string", `{"subject":"alice","action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`},
+		{"action.name is a number", `{` + subject + `,"action":{"name":123},"resource":{"type":"record","id":"record-1"}}`},
+		{"malformed JSON", `{` + subject + `,`},
+		{"empty body", ``},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a.expect(post("/access/v1/evaluation", tc.body, hdr), 400, tc.name)
+		})
+	}
+	t.Run("Content-Type other than JSON", func(t *testing.T) {
+		h := map[string]string{"Authorization": "Bearer " + zt, "Content-Type": "text/plain"}
+		a.expect(post("/access/v1/evaluation", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}}`, h), 400, "text/plain")
+	})
+	t.Run("evaluations without an array answer one decision", func(t *testing.T) {
+		for _, extra := range []string{``, `,"evaluations":[]`} {
+			var d map[string]any
+			a.expect(post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"read"},"resource":{"type":"record","id":"record-1"}`+extra+`}`, hdr), 200, "single").json(t, &d)
+			if d["decision"] != true || d["evaluations"] != nil {
+				t.Fatalf("%q: response %v, want {\"decision\": true}", extra, d)
+			}
+		}
+	})
+	t.Run("a bad evaluation is denied, not the batch", func(t *testing.T) {
+		var b map[string][]map[string]any
+		a.expect(post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"read"},"evaluations":[{"resource":{"type":"record","id":"record-1"}},{},{"action":{"name":"fly"},"resource":{"type":"record","id":"record-1"}}]}`, hdr), 200, "item errors").json(t, &b)
+		ev := b["evaluations"]
+		if len(ev) != 3 || ev[0]["decision"] != true || ev[1]["decision"] != false || ev[2]["decision"] != false || ev[1]["context"] == nil {
+			t.Fatalf("evaluations = %v", ev)
+		}
+	})
+	t.Run("defaults merge per entity with type and id fallback", func(t *testing.T) {
+		var b map[string][]map[string]any
+		a.expect(post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"write"},"resource":{"type":"record"},"evaluations":[{"resource":{"id":"record-1"}},{"resource":{"type":"record","id":"record-2"}},{"action":{"name":"read"},"resource":{"id":"record-1"}}]}`, hdr), 200, "defaults").json(t, &b)
+		ev := b["evaluations"]
+		if len(ev) != 3 || ev[0]["decision"] != true || ev[1]["decision"] != false || ev[2]["decision"] != true {
+			t.Fatalf("evaluations = %v", ev)
+		}
+	})
+	t.Run("evaluations_semantic", func(t *testing.T) {
+		batch := func(semantic string) reply {
+			return post("/access/v1/evaluations", `{`+subject+`,"action":{"name":"write"},"options":{"evaluations_semantic":"`+semantic+`"},"evaluations":[{"resource":{"type":"record","id":"record-1"}},{"resource":{"type":"record","id":"record-2"}},{"resource":{"type":"record","id":"record-1"}}]}`, hdr)
+		}
+		for semantic, want := range map[string]int{"execute_all": 3, "deny_on_first_deny": 2, "permit_on_first_permit": 1} {
+			var b map[string][]map[string]any
+			a.expect(batch(semantic), 200, semantic).json(t, &b)
+			if len(b["evaluations"]) != want {
+				t.Errorf("%s: %d decisions, want %d: %v", semantic, len(b["evaluations"]), want, b)
+			}
+		}
+		a.expect(batch("first_come"), 400, "unknown semantic")
+	})
+}
+
+// Error bodies say each thing once: no operation named twice by nested
+// wrapping, no explanation that repeats the message.
+func TestProblemsSayThingsOnce(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	tok := a.admin()
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"alice"}`), bearer(tok)), 200, "create")
+	for _, tc := range []struct {
+		name         string
+		method, path string
+		body         string
+		hdr          map[string]string
+		status       int
+		explanation  string
+	}{
+		{"duplicate user", "POST", "/users", `{"username":"alice"}`, bearer(tok), 409, `create user: login id "alice"`},
+		{"delete unknown user", "DELETE", "/users/nosuchuser", ``, bearer(tok), 404, `delete user "nosuchuser"`},
+		{"anonymous", "GET", "/users/me", ``, nil, 401, `no token in the request (send Authorization: Bearer, or the ct_token header or cookie)`},
+		{"unknown token", "GET", "/users/me", ``, bearer("pct_nope"), 401, `unknown token`},
+		{"empty body", "POST", "/users", ``, bearer(tok), 400, `the body is empty; want a JSON value`},
+		{"wrong type", "POST", "/users", `{"username":5}`, bearer(tok), 400, `field "username": want a string, got a JSON number`},
+		{"unknown field", "POST", "/users", `{"username":"x","role":"admin"}`, bearer(tok), 400, `unknown field "role"`},
+	} {
+		r := a.expect(a.do(tc.method, tc.path, strings.NewReader(tc.body), tc.hdr), tc.status, tc.name)
+		var p proxy.Problem
+		r.json(t, &p)
+		if p.Explanation != tc.explanation {
+			t.Errorf("%s: explanation %q, want %q", tc.name, p.Explanation, tc.explanation)
+		}
+	}
+}
+
+// contaxy's Python client sends the new password as the bare body
+// (requests' data=password) and the requested scopes as "scopes"; both
+// work.
+func TestContaxyClientQuirks(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	tok := a.admin()
+	var u authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"cara","password":"carapassword"}`), bearer(tok)), 200, "create").json(t, &u)
+	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`bare password 1`), bearer(tok)), 204, "bare password")
+	a.login("cara", "bare password 1")
+	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(`bare password 2`), map[string]string{"Authorization": "Bearer " + tok, "Content-Type": "application/json"}), 400, "bare password declared as JSON")
+	a.expect(a.do("PUT", "/users/"+u.ID+":change-password", strings.NewReader(``), bearer(tok)), 400, "empty body")
+	a.login("cara", "bare password 1")
+
+	ct := a.login("cara", "bare password 1")
+	a.expect(a.do("POST", "/auth/tokens?scopes=users/"+u.ID+"%23read&token_type=api-token&description=narrow", nil, bearer(ct)), 200, "create with scopes")
+	var list []map[string]any
+	a.expect(a.do("GET", "/auth/tokens", nil, bearer(ct)), 200, "list").json(t, &list)
+	if len(list) != 1 || fmt.Sprint(list[0]["scopes"]) != "[users/"+u.ID+"#read]" {
+		t.Fatalf("tokens = %v", list)
+	}
+}
+
+// Introspection shows a token's details to its own subject, an admin on
+// that subject and confidential clients; to anyone else it is inactive.
+func TestIntrospectionIsForOwnersAndAdmins(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	root := a.admin()
+	for _, n := range []string{"ida", "ivo"} {
+		a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"`+n+`","password":"`+n+`password"}`), bearer(root)), 200, "create "+n)
+	}
+	ida, ivo := a.login("ida", "idapassword"), a.login("ivo", "ivopassword")
+	active := func(caller, token string) any {
+		var in map[string]any
+		h := map[string]string{"Authorization": "Bearer " + caller, "Content-Type": "application/x-www-form-urlencoded"}
+		a.expect(a.do("POST", "/auth/oauth/introspect", strings.NewReader(url.Values{"token": {token}}.Encode()), h), 200, "introspect").json(t, &in)
+		if in["active"] != true && len(in) != 1 {
+			t.Fatalf("inactive answer discloses %v", in)
+		}
+		return in["active"]
+	}
+	if active(ida, ida) != true || active(root, ida) != true {
+		t.Fatal("own or admin introspection is inactive")
+	}
+	if active(ivo, ida) != false || active(ida, root) != false {
+		t.Fatal("another user's token is disclosed")
+	}
 }
 
 func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
+}
+
+// A flood of password logins is hashed a few at a time (here one), so it
+// queues behind the hash limit instead of taking every core, and token
+// verification, which hashes nothing, goes on answering meanwhile.
+func TestLoginFloodQueuesBehindTheHashLimit(t *testing.T) {
+	cfg := authztest.FastConfig()
+	cfg.BcryptCost, cfg.MaxConcurrentHashes = 11, 1
+	a := newAPIOn(t, authztest.Start(t, etcdtest.NewStore(t, etcdtest.SharedEmbedded(t)), cfg), proxy.Config{})
+	tok := a.admin()
+	single := time.Hour
+	for range 3 {
+		start := time.Now()
+		a.login("root", "rootpassword")
+		single = min(single, time.Since(start))
+	}
+	const flood = 6
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range flood {
+		wg.Go(func() { a.login("root", "rootpassword") })
+	}
+	var slowest time.Duration
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	for verifying := true; verifying; {
+		select {
+		case <-done:
+			verifying = false
+		default:
+			t0 := time.Now()
+			a.expect(a.do("POST", "/auth/tokens/verify?permission=users%23read", nil, bearer(tok)), 200, "verify during the flood")
+			slowest = max(slowest, time.Since(t0))
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	total := time.Since(start)
+	// One at a time, six logins take about six single ones; hashed in
+	// parallel on this machine's cores they would take far less.
+	if total < (flood-1)*single {
+		t.Errorf("%d concurrent logins took %v, a single one %v: hashing was not limited to one at a time", flood, total, single)
+	}
+	if slowest > total/2 {
+		t.Errorf("a verify during the flood took %v of the flood's %v: decisions waited for hashing", slowest, total)
+	}
+}
+
+// A client reads its own writes: the revision a write reports, passed back
+// as at_least_revision, gets a decision that includes the write, however
+// fresh the cache believed it was. A revision the store has not reached is
+// refused.
+func TestVerifyAtLeastRevision(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	root := a.admin()
+	var u authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"rhea","password":"rheapassword"}`), bearer(root)), 200, "create").json(t, &u)
+	rt := a.login("rhea", "rheapassword")
+	for i := range 10 {
+		perm := fmt.Sprintf("projects/p%d%%23read", i)
+		// Cache the denial first.
+		a.expect(a.do("POST", "/auth/tokens/verify?permission="+perm, nil, bearer(rt)), 403, "before the grant")
+		w := a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+u.ID+"&permission="+perm, nil, bearer(root)), 204, "grant")
+		rev := w.header.Get(proxy.RevisionHeader)
+		r := a.expect(a.do("POST", "/auth/tokens/verify?permission="+perm+"&at_least_revision="+rev, nil, bearer(rt)), 200, "read own write at "+rev)
+		got, _ := strconv.ParseInt(r.header.Get(proxy.RevisionHeader), 10, 64)
+		want, _ := strconv.ParseInt(rev, 10, 64)
+		if got < want {
+			t.Fatalf("decision at revision %d, demanded %d", got, want)
+		}
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=99999999", nil, bearer(rt)), 400, "revision from the future")
+	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=-1", nil, bearer(rt)), 400, "negative revision")
+	a.expect(a.do("POST", "/auth/tokens/verify?at_least_revision=soon", nil, bearer(rt)), 400, "not a number")
+}
+
+func TestAuthZENMetadata(t *testing.T) {
+	a := newAPI(t, proxy.Config{PublicURL: "https://auth.example.com/pc"})
+	var md map[string]string
+	a.expect(a.do("GET", "/.well-known/authzen-configuration", nil, nil), 200, "metadata").json(t, &md)
+	if md["policy_decision_point"] != "https://auth.example.com/pc" || md["access_evaluation_endpoint"] != "https://auth.example.com/pc/access/v1/evaluation" ||
+		md["access_evaluations_endpoint"] != "https://auth.example.com/pc/access/v1/evaluations" {
+		t.Fatalf("metadata = %v", md)
+	}
+}
+
+// explain=true says why, for admins: on an allow the scope, grant and
+// roles; on a denial what was missing, in the problem's details.
+func TestVerifyExplain(t *testing.T) {
+	a := newAPI(t, proxy.Config{})
+	root := a.admin()
+	var u authz.User
+	a.expect(a.do("POST", "/users", strings.NewReader(`{"username":"eve","password":"evepassword"}`), bearer(root)), 200, "create").json(t, &u)
+	a.expect(a.do("POST", "/auth/permissions?resource_name=roles/dev&permission=projects/p%23write", nil, bearer(root)), 204, "role grant")
+	a.expect(a.do("POST", "/auth/permissions?resource_name=users/"+u.ID+"&permission=roles/dev", nil, bearer(root)), 204, "role")
+	et := a.login("eve", "evepassword")
+	var narrow string
+	a.expect(a.do("POST", "/auth/tokens?scope=projects/p%23read&token_type=api-token", nil, bearer(et)), 200, "narrow token").json(t, &narrow)
+	body := func(tok string) io.Reader { return strings.NewReader(string(mustJSON(tok))) }
+
+	var acc struct {
+		Explanation authz.Explanation `json:"explanation"`
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/p/x%23write&explain=true", body(et), bearer(root)), 200, "allowed through a role").json(t, &acc)
+	if ex := acc.Explanation; !ex.Allowed || ex.Grant != "projects/p#write" || ex.Holder != "roles/dev" || ex.Reason == "" {
+		t.Fatalf("allow explanation %+v", ex)
+	}
+	for _, tc := range []struct{ name, perm, token, missing string }{
+		{"no grant", "projects/q%23read", et, "grant"},
+		{"scope too narrow", "projects/p%23write", narrow, "scope"},
+	} {
+		var p proxy.Problem
+		a.expect(a.do("POST", "/auth/tokens/verify?permission="+tc.perm+"&explain=true", body(tc.token), bearer(root)), 403, tc.name).json(t, &p)
+		if p.Details == nil || p.Details.Allowed || p.Details.Missing != tc.missing || p.Explanation == "" {
+			t.Fatalf("%s: problem %+v details %+v, want missing %q", tc.name, p, p.Details, tc.missing)
+		}
+		var plain proxy.Problem
+		a.expect(a.do("POST", "/auth/tokens/verify?permission="+tc.perm, body(tc.token), nil), 403, tc.name+" without explain").json(t, &plain)
+		if plain.Details != nil {
+			t.Fatalf("%s: details without explain=true: %+v", tc.name, plain.Details)
+		}
+	}
+	a.expect(a.do("POST", "/auth/tokens/verify?permission=projects/q%23read&explain=true", body(et), bearer(et)), 403, "explain is for admins")
 }

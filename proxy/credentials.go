@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -42,17 +43,38 @@ func scopeOf(c echo.Context) *requestScope {
 	return &requestScope{}
 }
 
-// withScope installs a fresh request scope and a request id.
+// withScope installs a fresh request scope and a request id: the
+// client's X-Request-Id when it sent a usable one (AuthZEN 1.0 requires a
+// PDP to answer with the caller's id; proxies in front set it too), else
+// a random one.
 func withScope(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
-		var b [8]byte
-		_, _ = rand.Read(b[:])
-		sc := &requestScope{requestID: hex.EncodeToString(b[:])}
 		req := c.Request()
+		id := req.Header.Get(requestIDHeader)
+		if !usableRequestID(id) {
+			var b [8]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+		}
+		sc := &requestScope{requestID: id}
 		c.SetRequest(req.WithContext(context.WithValue(req.Context(), scopeKey{}, sc)))
 		c.Response().Header().Set("X-Request-Id", sc.requestID)
 		return next(c)
 	}
+}
+
+// usableRequestID accepts request ids that are safe to log and echo:
+// 1 to 128 printable ASCII characters without spaces or quotes.
+func usableRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if ch := id[i]; ch <= ' ' || ch >= 0x7f || ch == '"' || ch == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // credential extracts the caller's token from the Authorization header
@@ -159,15 +181,8 @@ func withoutTokenCookie(h http.Header) string {
 	return strings.Join(kept, "; ")
 }
 
-// credentialPresent reports whether the request carried any token, for
-// RFC 6750's error="invalid_token".
-func credentialPresent(req *http.Request) bool {
-	if strings.HasPrefix(strings.ToLower(req.Header.Get("Authorization")), "bearer ") || req.Header.Get(tokenHeader) != "" {
-		return true
-	}
-	_, err := req.Cookie(tokenCookie)
-	return err == nil
-}
+// errNoCredential answers a request that carried no token at all.
+var errNoCredential = fmt.Errorf("%w: no token in the request (send Authorization: Bearer, or the ct_token header or cookie)", authz.ErrUnauthenticated)
 
 // caller verifies the request's token once per request.
 func (s *Server) caller(c echo.Context) (authz.Access, error) {
@@ -181,7 +196,7 @@ func (s *Server) caller(c echo.Context) (authz.Access, error) {
 	sc.resolved = true
 	tok, err := s.credential(c.Request())
 	if err == nil && tok == "" {
-		err = authz.ErrUnauthenticated
+		err = errNoCredential
 	}
 	if err == nil {
 		var acc authz.Access

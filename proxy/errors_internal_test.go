@@ -35,3 +35,24 @@ func TestStoreOutageProblems(t *testing.T) {
 		t.Fatal("an unknown outcome must still match ErrUnavailable")
 	}
 }
+
+// Each layer that wraps an error may name the operation again; the
+// problem says it once and does not repeat its own message.
+func TestPublicReasonSaysThingsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		err  error
+		want string
+	}{
+		{"already exists", fmt.Errorf("create user: %w", fmt.Errorf("create user: login id %q: %w", "alice", authz.ErrConflict)), `create user: login id "alice"`},
+		{"not found", fmt.Errorf("update user: %w", fmt.Errorf("update user %q: %w", "u1", authz.ErrNotFound)), `update user "u1"`},
+		{"unauthenticated", authz.ErrUnauthenticated, ""},
+		{"unauthenticated", fmt.Errorf("%w: unknown token", authz.ErrUnauthenticated), "unknown token"},
+		{"permission denied", fmt.Errorf("%w: scope a#read is not granted", authz.ErrPermissionDenied), "scope a#read is not granted"},
+		{"not found", fmt.Errorf("revoke token: token id %q: %w", "t1", authz.ErrNotFound), `revoke token: token id "t1"`},
+	} {
+		if got := publicReason(tc.msg, tc.err); got != tc.want {
+			t.Errorf("publicReason(%q, %q) = %q, want %q", tc.msg, tc.err, got, tc.want)
+		}
+	}
+}

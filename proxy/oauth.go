@@ -246,17 +246,46 @@ func (s *Server) revoke(c echo.Context) error {
 	return c.NoContent(http.StatusOK)
 }
 
+// mayIntrospect reports whether caller may see the details of a token of
+// subject: a confidential client (a resource server, RFC 7662's caller),
+// a token of the same subject, or an admin on that subject.
+func (s *Server) mayIntrospect(c echo.Context, form url.Values, caller *authz.Access, subject string) (bool, error) {
+	if id, _, _, _ := clientCredentials(c.Request(), form); id != "" {
+		return true, nil // authenticated by oauthCaller
+	}
+	if caller.Subject == subject {
+		return true, nil
+	}
+	err := s.svc.Check(c.Request().Context(), *caller, subject+"#admin")
+	if errors.Is(err, authz.ErrPermissionDenied) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
 func (s *Server) introspect(c echo.Context) error {
 	form, err := oauthForm(c)
 	if err != nil {
 		return err
 	}
-	if _, err := s.oauthCaller(c, form); err != nil {
+	caller, err := s.oauthCaller(c, form)
+	if err != nil {
 		return err
 	}
 	in, err := s.svc.Introspect(c.Request().Context(), form.Get("token"))
 	if err != nil {
 		return err
+	}
+	if in.Active {
+		ok, err := s.mayIntrospect(c, form, caller, in.Sub)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			// Someone else's token: as if it were unknown (RFC 7662 §2.2
+			// lets the server answer inactive to callers not entitled).
+			in = authz.Introspection{}
+		}
 	}
 	c.Response().Header().Set("Cache-Control", "no-store")
 	c.Response().Header().Set("Pragma", "no-cache")

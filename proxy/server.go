@@ -355,6 +355,7 @@ func (s *Server) routes() {
 
 	e.POST("/access/v1/evaluation", s.evaluation)
 	e.POST("/access/v1/evaluations", s.evaluations)
+	e.GET("/.well-known/authzen-configuration", s.authzenMetadata)
 }
 
 // limitBody bounds request bodies; reading past the limit fails with

@@ -325,7 +325,9 @@ func bindFlags(fs *flag.FlagSet, cfg *Config) map[string]func() error {
 			return // file only
 		}
 		name := strings.ReplaceAll(key, "_", "-")
-		fv := &fieldValue{typ: v.Type(), isBool: v.Kind() == reflect.Bool}
+		// raw starts as the default, so that --help shows it; setters run
+		// only for flags given on the command line.
+		fv := &fieldValue{typ: v.Type(), isBool: v.Kind() == reflect.Bool, raw: flagDefault(v)}
 		fs.Var(fv, name, f.Tag.Get("help")+" (env PORTCULLIS_"+strings.ToUpper(key)+")")
 		setters[name] = func() error {
 			raw := fv.raw
@@ -336,6 +338,24 @@ func bindFlags(fs *flag.FlagSet, cfg *Config) map[string]func() error {
 		}
 	})
 	return setters
+}
+
+// flagDefault is a field's default in the form the flag parses ("" for
+// none, which --help leaves out).
+func flagDefault(v reflect.Value) string {
+	switch {
+	case v.IsZero():
+		return ""
+	case v.Type() == reflect.TypeOf(time.Duration(0)):
+		return shortDuration(time.Duration(v.Int()))
+	case v.Kind() == reflect.Slice:
+		parts := make([]string, v.Len())
+		for i := range parts {
+			parts[i] = fmt.Sprint(v.Index(i).Interface())
+		}
+		return strings.Join(parts, ",")
+	}
+	return fmt.Sprint(v.Interface())
 }
 
 // fieldValue is a flag that validates its value when parsed and keeps it

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -226,6 +227,18 @@ func TestObservabilityConfig(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: error %v, want one naming %s", c.args, err, c.want)
+		}
+	}
+}
+
+// `portcullis serve --help` shows each option's default.
+func TestFlagsShowDefaults(t *testing.T) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	cfg := defaultConfig()
+	bindFlags(fs, &cfg)
+	for name, want := range map[string]string{"listen": ":8080", "metrics-listen": ":9090", "data-dir": "./data", "session-ttl": "1h", "access-log": "true", "etcd-endpoints": ""} {
+		if f := fs.Lookup(name); f == nil || f.DefValue != want {
+			t.Errorf("--%s default %v, want %q", name, f, want)
 		}
 	}
 }

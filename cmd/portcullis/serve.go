@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -94,6 +95,21 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		return configError{fmt.Errorf("metrics_tls_cert_file/metrics_tls_key_file: %w", err)}
 	}
 
+	// One registry for every layer: the store and authz get observers
+	// backed by it, the proxy registers its own collectors.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The metrics listener answers from the start: /healthz says the
+	// process is alive while the store is opened (which may take up to
+	// etcd_dial_timeout), and /readyz says 503 until everything is up.
+	var draining atomic.Bool
+	var ready atomic.Pointer[readiness]
+	metricsSrv := newHTTPServer(metricsHandler(reg, &ready, &draining))
+	metricsSrv.TLSConfig = metricsTLS
+	defer metricsSrv.Close() // start-up failed, or after the drain: a no-op
+	metricsDone := make(chan error, 1)
+	go func() { metricsDone <- serveOn(metricsSrv, metricsLn) }()
+
 	// startCtx (the signal) bounds start-up. The parts that run — store
 	// watch, gRPC, embedded etcd — get runCtx instead, which ends only
 	// after the HTTP servers have drained: in-flight requests still need
@@ -131,10 +147,6 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 	if err != nil {
 		return configError{err}
 	}
-	// One registry for every layer: the store and authz get observers
-	// backed by it, the proxy registers its own collectors.
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	// Bounded: dialing takes at most etcd_dial_timeout, the first reads
 	// a few seconds more; then start-up fails naming the endpoints.
 	openCtx, cancel := context.WithTimeout(startCtx, cfg.EtcdDialTimeout+5*time.Second)
@@ -195,28 +207,11 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		// by ReadHeaderTimeout and upstreams by the proxy timeouts.
 		apiSrv.ReadTimeout, apiSrv.WriteTimeout = 0, 0
 	}
-	var draining atomic.Bool
 	drainingCh := make(chan struct{}) // closed with draining set: gRPC health follows
-	metricsSrv := newHTTPServer(metricsHandler(reg, svc, st, &draining))
-	metricsSrv.TLSConfig = metricsTLS
 
-	for _, s := range []struct {
-		srv *http.Server
-		ln  net.Listener
-	}{{apiSrv, apiLn}, {metricsSrv, metricsLn}} {
-		g.Go(func() error {
-			var err error
-			if s.srv.TLSConfig != nil {
-				err = s.srv.ServeTLS(s.ln, "", "")
-			} else {
-				err = s.srv.Serve(s.ln)
-			}
-			if err != nil && !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-	}
+	g.Go(func() error { return serveOn(apiSrv, apiLn) })
+	g.Go(func() error { return <-metricsDone })
+	ready.Store(&readiness{svc: svc, st: st})
 	if grpcLn != nil {
 		g.Go(func() error { return envoyauthz.Serve(ctx, grpcLn, api, drainingCh) })
 		log.Info("envoy ext_authz gRPC serving", "grpc_listen", grpcLn.Addr().String())
@@ -329,6 +324,10 @@ func etcdTLS(cfg Config) (*tls.Config, error) {
 // bootstrapAdmin creates the user "admin" holding *#admin on an empty
 // store. Without a configured password it generates one and prints it
 // once; an existing admin's password is never reset from configuration.
+//
+// The user and its *#admin are one transaction. Releases before that
+// wrote them apart, and a first start that stopped between the two left
+// an admin without rights; finishBootstrap repairs such a store.
 func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, password string, log, audit *slog.Logger) error {
 	users, err := st.Users(ctx)
 	if err != nil {
@@ -338,7 +337,7 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 		if password != "" {
 			log.Warn("admin password given, but the store already has users: it is not applied (use change-password)")
 		}
-		return nil
+		return finishBootstrap(ctx, svc, users, log, audit)
 	}
 	generated := password == ""
 	if generated {
@@ -362,9 +361,68 @@ func bootstrapAdmin(ctx context.Context, svc *authz.Service, st authz.Store, pas
 	return nil
 }
 
+// finishBootstrap grants *#admin to the user admin when a first start of
+// an earlier release stopped after creating it: the store holds that one user, with only the
+// grants every new user gets, and nobody holds *#admin. Granting is
+// idempotent, so a replica that runs this while another is finishing its
+// own first start does no harm; passwords are never touched.
+func finishBootstrap(ctx context.Context, svc *authz.Service, users []authz.UserRecord, log, audit *slog.Logger) error {
+	if len(users) != 1 || users[0].Username != "admin" {
+		return nil
+	}
+	id := users[0].ID
+	holders, err := svc.ResourcesWithPermission(ctx, "*#admin", "")
+	if err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+	if len(holders) > 0 {
+		return nil
+	}
+	grants, err := svc.ListPermissions(ctx, authz.UserSubject(id), false, false)
+	if err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+	if !slices.Equal(sorted(grants), sorted(authz.DefaultUserGrants(id))) {
+		return nil // changed since it was created: not an interrupted first start
+	}
+	log.Warn("the first start stopped before user admin got *#admin: granting it now", "user_id", id)
+	return grantSuperAdmin(ctx, svc, id, audit)
+}
+
+func grantSuperAdmin(ctx context.Context, svc *authz.Service, id string, audit *slog.Logger) error {
+	rev, err := svc.AddPermission(ctx, authz.UserSubject(id), "*#admin")
+	if err != nil {
+		return fmt.Errorf("bootstrap admin: grant *#admin: %w", err)
+	}
+	proxy.AuditRecord(audit, "", "system", proxy.AuditGrantAdd, rev, slog.String("resource", authz.UserSubject(id)), slog.String("permission", "*#admin"))
+	return nil
+}
+
+// serveOn serves srv on ln (TLS when srv has a TLS configuration) until
+// it is shut down.
+func serveOn(srv *http.Server, ln net.Listener) error {
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(ln, "", "")
+	} else {
+		err = srv.Serve(ln)
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// readiness is what /readyz checks once start-up is complete.
+type readiness struct {
+	svc *authz.Service
+	st  authz.Store
+}
+
 // metricsHandler serves /metrics, /healthz and /readyz; /readyz answers
-// 503 once draining is set, at the start of a graceful shutdown.
-func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store, draining *atomic.Bool) http.Handler {
+// 503 until ready is set at the end of start-up, and again once draining
+// is set, at the start of a graceful shutdown.
+func metricsHandler(reg *prometheus.Registry, ready *atomic.Pointer[readiness], draining *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -378,6 +436,12 @@ func metricsHandler(reg *prometheus.Registry, svc *authz.Service, st authz.Store
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
+		rd := ready.Load()
+		if rd == nil {
+			http.Error(w, "starting", http.StatusServiceUnavailable)
+			return
+		}
+		svc, st := rd.svc, rd.st
 		if !svc.WatchStatus().Healthy {
 			http.Error(w, "store watch not current", http.StatusServiceUnavailable)
 			return

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +29,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/portcullis/portcullis/authz"
+	"github.com/portcullis/portcullis/authz/authztest"
 	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
@@ -282,5 +287,192 @@ func TestSessionJWTIssuerIsTheMetadataIssuer(t *testing.T) {
 	}, jwt.WithValidMethods([]string{"EdDSA"}), jwt.WithIssuer(md.Issuer), jwt.WithExpirationRequired())
 	if err != nil {
 		t.Fatalf("offline verification of the session JWT: %v (iss %q)", err, claims.Issuer)
+	}
+}
+
+// The admin bootstrap, in process: the configured password is applied on
+// the first start only (later ones warn and keep it), and a first start
+// that stopped between creating admin and granting *#admin is finished by
+// the next one.
+func TestBootstrapAdmin(t *testing.T) {
+	ctx := context.Background()
+	endpoints := etcdtest.Embedded(t).Endpoints()
+	newSvc := func() (*authz.Service, authz.Store) {
+		st := etcdtest.NewStore(t, endpoints)
+		return authztest.Start(t, st, authztest.FastConfig()), st
+	}
+	superAdmin := func(svc *authz.Service, login, password string) bool {
+		t.Helper()
+		u, err := svc.Login(ctx, login, password)
+		if err != nil {
+			return false
+		}
+		perms, err := svc.ListPermissions(ctx, "users/"+u.ID, false, false)
+		return err == nil && slices.Contains(perms, "*#admin")
+	}
+
+	t.Run("configured password, then a different one", func(t *testing.T) {
+		svc, st := newSvc()
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		if err := bootstrapAdmin(ctx, svc, st, "first-password", log, log); err != nil {
+			t.Fatal(err)
+		}
+		if !superAdmin(svc, "admin", "first-password") {
+			t.Fatal("admin cannot sign in with the configured password or lacks *#admin")
+		}
+		if err := bootstrapAdmin(ctx, svc, st, "second-password", log, log); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(logs.String(), "not applied") {
+			t.Errorf("no warning that the password was not applied:\n%s", logs.String())
+		}
+		if _, err := svc.Login(ctx, "admin", "second-password"); err == nil || !superAdmin(svc, "admin", "first-password") {
+			t.Fatal("a later start reset the admin password")
+		}
+		if strings.Contains(logs.String(), "password=") {
+			t.Errorf("a configured password was logged:\n%s", logs.String())
+		}
+	})
+
+	t.Run("first start of an earlier release interrupted", func(t *testing.T) {
+		svc, st := newSvc()
+		// What a first start leaves when it stops after creating admin.
+		if _, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: "generated-once"}, false); err != nil {
+			t.Fatal(err)
+		}
+		var logs bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		if err := bootstrapAdmin(ctx, svc, st, "", log, log); err != nil {
+			t.Fatal(err)
+		}
+		if !superAdmin(svc, "admin", "generated-once") {
+			t.Fatalf("the interrupted bootstrap was not finished:\n%s", logs.String())
+		}
+		if strings.Contains(logs.String(), "generated password") {
+			t.Errorf("a second password was generated:\n%s", logs.String())
+		}
+	})
+
+	t.Run("an admin changed since creation is left alone", func(t *testing.T) {
+		svc, st := newSvc()
+		u, _, err := svc.CreateUser(ctx, authz.UserInput{Username: "admin", Password: "admin-password"}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.RemovePermission(ctx, "users/"+u.ID, "roles/user", false); err != nil {
+			t.Fatal(err)
+		}
+		if err := bootstrapAdmin(ctx, svc, st, "", slog.New(slog.DiscardHandler), slog.New(slog.DiscardHandler)); err != nil {
+			t.Fatal(err)
+		}
+		if superAdmin(svc, "admin", "admin-password") {
+			t.Fatal("*#admin granted to an admin whose grants were deliberately changed")
+		}
+	})
+}
+
+// `portcullis serve` without flags on a fresh machine: an embedded etcd in
+// ./data, an admin with a generated password that works. The two ports
+// come from the environment (the defaults, :8080 and :9090, may be taken
+// on a test machine), which is configuration without flags all the same.
+func TestServeWithoutFlags(t *testing.T) {
+	if cfg := defaultConfig(); cfg.Listen != ":8080" || cfg.MetricsListen != ":9090" || cfg.DataDir != "./data" {
+		t.Fatalf("defaults listen %q metrics_listen %q data_dir %q, want :8080 :9090 ./data", cfg.Listen, cfg.MetricsListen, cfg.DataDir)
+	}
+	dir := t.TempDir()
+	api, metrics := freeAddr(t), freeAddr(t)
+	logs := &etcdtest.SyncBuffer{}
+	cmd := exec.Command(binPath, "serve")
+	cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PORTCULLIS_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "PORTCULLIS_LISTEN="+api, "PORTCULLIS_METRICS_LISTEN="+metrics)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		_ = cmd.Wait()
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + metrics + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(logs.String(), "portcullis serving") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 60s:\n%s", logs)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "data")); err != nil || !fi.IsDir() {
+		t.Fatalf("no ./data directory in the working directory: %v", err)
+	}
+	var password string
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		var rec struct{ Msg, Password string }
+		if json.Unmarshal([]byte(line), &rec) == nil && strings.Contains(rec.Msg, "generated password") {
+			password = rec.Password
+		}
+	}
+	if password == "" {
+		t.Fatalf("no generated password in the log:\n%s", logs)
+	}
+	passwordLogin(t, "http://"+api, "admin", password)
+}
+
+// While the store is being opened (here: an etcd that never answers),
+// the metrics listener already says the process is alive (/healthz 200)
+// and not ready (/readyz 503), instead of leaving probes hanging.
+func TestProbesAnswerDuringStartUp(t *testing.T) {
+	api, metrics := freeAddr(t), freeAddr(t)
+	logs := &etcdtest.SyncBuffer{}
+	cmd := exec.Command(binPath, "serve", "--listen", api, "--metrics-listen", metrics,
+		"--etcd-endpoints", freeAddr(t), "--etcd-dial-timeout", "3s")
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var waitErr error
+	exited := make(chan struct{})
+	go func() { waitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	client := &http.Client{Timeout: time.Second}
+	status := func(path string) int {
+		resp, err := client.Get("http://" + metrics + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for status("/healthz") != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz did not answer 200 during start-up:\n%s", logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := status("/readyz"); got != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz during start-up: %d, want 503", got)
+	}
+	select {
+	case <-exited:
+		if waitErr == nil {
+			t.Fatal("started without a store")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("still running 30s after etcd_dial_timeout")
 	}
 }
