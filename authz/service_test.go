@@ -540,3 +540,37 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 	_, err = svc.IssueAuthCode(bg, authz.AuthorizeRequest{ClientID: "webapp", RedirectURI: "https://evil.example/callback", Subject: "users/" + u.ID, CodeChallenge: challenge, CodeChallengeMethod: "S256"})
 	wantErr(t, err, authz.ErrInvalid, "unregistered redirect")
 }
+
+// A token's subject is stored in canonical form, so a subject written
+// " users/<id>/" is still the user's: listed with its tokens, refused while
+// the user is disabled, and deleted with the user.
+func TestTokenSubjectIsCanonical(t *testing.T) {
+	t.Parallel()
+	svc := newService(t)
+	u := mustUser(t, svc, authz.UserInput{Username: "rhea", Password: "password1"})
+	sub := " /users/" + u.ID + ":"
+	tok, info, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: sub, Scopes: []string{"*#admin"}})
+	if err != nil || info.Subject != "users/"+u.ID {
+		t.Fatalf("issue with subject %q: %+v, %v", sub, info, err)
+	}
+	sess, _, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: sub, Scopes: []string{"*#admin"}, Type: authz.TokenTypeSession})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, err := svc.ListAPITokens(bg, "users/"+u.ID); err != nil || len(list) != 1 || list[0].ID != info.ID {
+		t.Fatalf("tokens of users/%s = %+v, %v", u.ID, list, err)
+	}
+	if _, _, err := svc.UpdateUser(bg, u.ID, []byte(`{"disabled":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	for name, tk := range map[string]string{"api": tok, "session": sess} {
+		_, err := svc.VerifyAccess(bg, tk, "", authz.VerifyOptions{})
+		wantErr(t, err, authz.ErrUnauthenticated, name+" token of a disabled user")
+	}
+	if _, err := svc.DeleteUser(bg, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := svc.Introspect(bg, tok); err != nil || in.Active {
+		t.Fatalf("token of a deleted user: %+v, %v", in, err)
+	}
+}

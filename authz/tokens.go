@@ -90,9 +90,14 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (string, Token
 	if err != nil {
 		return "", TokenInfo{}, 0, err
 	}
-	if _, err := ParseResource(spec.Subject); err != nil {
+	// The canonical form is what is stored: user checks, listings and the
+	// cascade of DeleteUser find a token by its subject "users/<id>", so
+	// " users/<id>/" would outlive a disabled or deleted user.
+	subject, err := ParseResource(spec.Subject)
+	if err != nil {
 		return "", TokenInfo{}, 0, fmt.Errorf("token subject: %w", err)
 	}
+	spec.Subject = subject
 	if len(spec.Description) > maxDescriptionLen {
 		return "", TokenInfo{}, 0, invalid("description", fmt.Sprintf("longer than %d bytes", maxDescriptionLen))
 	}
