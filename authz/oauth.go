@@ -112,7 +112,8 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 		errs = append(errs, err)
 	}
 	if spec.Subject != "" {
-		if _, err := ParseResource(spec.Subject); err != nil {
+		// Stored canonical, like every subject (see IssueToken).
+		if spec.Subject, err = ParseResource(spec.Subject); err != nil {
 			errs = append(errs, fmt.Errorf("subject: %w", err))
 		}
 	}

@@ -557,6 +557,9 @@ func TestTokenSubjectIsCanonical(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, c, _, err := svc.RegisterClient(bg, authz.ClientSpec{ID: "rhea-bot", Subject: sub, GrantTypes: []string{authz.GrantClientCredentials}}); err != nil || c.Subject != "users/"+u.ID {
+		t.Fatalf("client with subject %q: %+v, %v", sub, c, err)
+	}
 	if list, err := svc.ListAPITokens(bg, "users/"+u.ID); err != nil || len(list) != 1 || list[0].ID != info.ID {
 		t.Fatalf("tokens of users/%s = %+v, %v", u.ID, list, err)
 	}
