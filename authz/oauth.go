@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // OAuth2 grant types.
@@ -85,8 +86,8 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 	if err := validateID("client_id", spec.ID); err != nil {
 		errs = append(errs, err)
 	}
-	if len(spec.Name) > 200 {
-		errs = append(errs, invalid("name", "longer than 200 bytes"))
+	if len(spec.Name) > 200 || !utf8.ValidString(spec.Name) {
+		errs = append(errs, invalid("name", "longer than 200 bytes or not valid UTF-8"))
 	}
 	if len(spec.GrantTypes) == 0 {
 		spec.GrantTypes = []string{GrantAuthorizationCode, GrantRefreshToken}
@@ -141,7 +142,7 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 // never a fragment.
 func validateRedirectURI(raw string) error {
 	u, err := url.Parse(raw)
-	if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(raw, "#") || len(raw) > 2000 {
+	if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(raw, "#") || len(raw) > 2000 || !utf8.ValidString(raw) {
 		return invalid("redirect_uris", quote(raw)+" must be an absolute URI without a fragment")
 	}
 	switch {

@@ -577,3 +577,39 @@ func TestTokenSubjectIsCanonical(t *testing.T) {
 		t.Fatalf("token of a deleted user: %+v, %v", in, err)
 	}
 }
+
+// Free text that the store keeps as JSON must be valid UTF-8: encoding/json
+// would replace invalid bytes silently, so what was stored would differ
+// from what was answered. It is refused, and nothing is written.
+func TestInvalidUTF8IsRefusedAndWritesNothing(t *testing.T) {
+	t.Parallel()
+	svc := newService(t)
+	u := mustUser(t, svc, authz.UserInput{Username: "sia", Email: "sia@example.com"})
+	for name, spec := range map[string]authz.TokenSpec{
+		"description": {Subject: "agents/u", Scopes: []string{"*#admin"}, Description: "ci\xff"},
+		"purpose":     {Subject: "agents/u", Scopes: []string{"*#admin"}, Purpose: "ci\xff"},
+	} {
+		_, _, _, err := svc.IssueToken(bg, spec)
+		wantErr(t, err, authz.ErrInvalid, "token "+name)
+	}
+	if list, err := svc.ListAPITokens(bg, "agents/u"); err != nil || len(list) != 0 {
+		t.Fatalf("refused tokens were stored: %+v, %v", list, err)
+	}
+	for name, spec := range map[string]authz.ClientSpec{
+		"name":         {ID: "u1", Name: "bot\xff", GrantTypes: []string{authz.GrantClientCredentials}},
+		"redirect_uri": {ID: "u2", RedirectURIs: []string{"https://app.example/cb\xff"}},
+	} {
+		_, _, _, err := svc.RegisterClient(bg, spec)
+		wantErr(t, err, authz.ErrInvalid, "client "+name)
+	}
+	if cs, err := svc.Clients(bg); err != nil || len(cs) != 0 {
+		t.Fatalf("refused clients were stored: %+v, %v", cs, err)
+	}
+	_, _, err := svc.UpdateUser(bg, u.ID, []byte("{\"email\":\"sia\xff@example.com\"}"))
+	wantErr(t, err, authz.ErrInvalid, "patch with invalid UTF-8")
+	if got, err := svc.User(bg, u.ID); err != nil || got.Email != "sia@example.com" {
+		t.Fatalf("user after a refused patch: %+v, %v", got, err)
+	}
+	_, err = svc.ResourcesWithPermission(bg, "x#read", "users/\xff")
+	wantErr(t, err, authz.ErrInvalid, "resource prefix with invalid UTF-8")
+}

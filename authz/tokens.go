@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // apiTokenPrefix marks Portcullis API tokens so secret scanners can find
@@ -101,9 +102,13 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (string, Token
 	if len(spec.Description) > maxDescriptionLen {
 		return "", TokenInfo{}, 0, invalid("description", fmt.Sprintf("longer than %d bytes", maxDescriptionLen))
 	}
+	// JSON (the store's encoding) would replace invalid UTF-8 silently.
+	if !utf8.ValidString(spec.Description) {
+		return "", TokenInfo{}, 0, invalid("description", "not valid UTF-8")
+	}
 	spec.Purpose = strings.TrimSpace(spec.Purpose)
-	if len(spec.Purpose) > maxPurposeLen || strings.ContainsFunc(spec.Purpose, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return "", TokenInfo{}, 0, invalid("token purpose", "at most 64 printable characters")
+	if len(spec.Purpose) > maxPurposeLen || !utf8.ValidString(spec.Purpose) || strings.ContainsFunc(spec.Purpose, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "", TokenInfo{}, 0, invalid("token purpose", "at most 64 printable characters of valid UTF-8")
 	}
 	now := s.now().UTC().Truncate(time.Millisecond)
 	if spec.ExpiresAt != nil && !spec.ExpiresAt.After(now) {
