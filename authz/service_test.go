@@ -522,6 +522,14 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
+	otherSecret, _, _, err := svc.RegisterClient(bg, authz.ClientSpec{ID: "other", RedirectURIs: []string{redirect}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.RequestToken(bg, authz.TokenRequest{GrantType: authz.GrantAuthorizationCode, Code: issue(), CodeVerifier: verifier, RedirectURI: redirect, ClientID: "other", ClientSecret: otherSecret})
+	if !errors.As(err, &oe) || oe.Code != "invalid_grant" {
+		t.Fatalf("code redeemed by another client: %v", err)
+	}
 	_, err = exchange(issue(), verifier, redirect, "bad-secret")
 	if !errors.As(err, &oe) || oe.Code != "invalid_client" {
 		t.Fatalf("bad client secret: %v", err)
@@ -536,6 +544,12 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 	_, err = svc.IssueAuthCode(bg, authz.AuthorizeRequest{ClientID: "webapp", RedirectURI: redirect, Subject: "users/" + u.ID, CodeChallenge: verifier, CodeChallengeMethod: "plain"})
 	if !errors.As(err, &oe) {
 		t.Fatalf("plain PKCE accepted: %v", err)
+	}
+	for _, m := range []string{"", "S256"} {
+		_, err = svc.IssueAuthCode(bg, authz.AuthorizeRequest{ClientID: "webapp", RedirectURI: redirect, Subject: "users/" + u.ID, CodeChallengeMethod: m})
+		if !errors.As(err, &oe) || oe.Code != "invalid_request" {
+			t.Fatalf("code without a PKCE challenge (method %q): %v", m, err)
+		}
 	}
 	_, err = svc.IssueAuthCode(bg, authz.AuthorizeRequest{ClientID: "webapp", RedirectURI: "https://evil.example/callback", Subject: "users/" + u.ID, CodeChallenge: challenge, CodeChallengeMethod: "S256"})
 	wantErr(t, err, authz.ErrInvalid, "unregistered redirect")
