@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -254,4 +255,48 @@ func FuzzSessionToken(f *testing.F) {
 			t.Fatalf("mutated token accepted: %q", tok)
 		}
 	})
+}
+
+// Replicas that rotate at the same moment (or start together on an empty
+// store, which is a rotation) must leave exactly one key to sign with, the
+// same for all: a rotation retires only keys older than its own.
+func TestConcurrentRotationsLeaveOneSigningKey(t *testing.T) {
+	a, b, st, _ := twoReplicas(t)
+	for round := 0; round < 20; round++ {
+		var wg sync.WaitGroup
+		for _, svc := range []*authz.Service{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, _, err := svc.RotateSigningKey(bg); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		keys, err := st.SigningKeys(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var active []string
+		for _, k := range keys {
+			if k.RetiredAt == nil {
+				active = append(active, k.ID)
+			}
+		}
+		if len(active) != 1 {
+			t.Fatalf("round %d: %d active signing keys %q, want 1", round, len(active), active)
+		}
+		for _, svc := range []*authz.Service{a, b} {
+			tok, _, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: "agents/r", Scopes: []string{"*#admin"}, Type: authz.TokenTypeSession})
+			if err != nil {
+				t.Fatalf("round %d: sign: %v", round, err)
+			}
+			for _, v := range []*authz.Service{a, b} {
+				if _, err := v.VerifyAccess(bg, tok, "", authz.VerifyOptions{NoCache: true}); err != nil {
+					t.Fatalf("round %d: verify: %v", round, err)
+				}
+			}
+		}
+	}
 }
