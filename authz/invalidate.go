@@ -42,6 +42,10 @@ type generations struct {
 	seed  maphash.Seed
 	epoch atomic.Uint64
 	slots [genSlots]atomic.Uint64
+	// changes counts bumps and flushes: store reads started while it had
+	// one value may be shared only by callers that saw the same value
+	// (see Service.coalesce).
+	changes atomic.Uint64
 }
 
 func (g *generations) slot(kind slotKind, key string) uint32 {
@@ -58,6 +62,7 @@ func (g *generations) capture(kind slotKind, key string) dep {
 
 func (g *generations) bump(kind slotKind, key string) {
 	g.slots[g.slot(kind, key)].Add(1)
+	g.changes.Add(1)
 }
 
 // valid reports whether nothing the entry depends on changed since it was read.
@@ -119,6 +124,7 @@ func (s *Service) Ready() <-chan struct{} { return s.watch.ready }
 // have missed changes; operators can call it too.
 func (s *Service) Flush() {
 	s.gens.epoch.Add(1)
+	s.gens.changes.Add(1)
 	s.tokens.Clear()
 	s.subjects.Clear()
 	s.resources.Clear()
