@@ -321,7 +321,9 @@ func (s *Service) RotateSigningKey(ctx context.Context) (string, Revision, error
 				return "", 0, fmt.Errorf("retire signing key %s: %w", k.ID, err)
 			}
 			rev = max(rev, r)
-		case now.Sub(*k.RetiredAt) > s.cfg.SessionTTL+time.Minute:
+		case now.Sub(*k.RetiredAt) > max(s.cfg.SessionTTL, maxAssertionTTL)+time.Minute:
+			// Nothing it signed is still valid: sessions and identity
+			// assertions (up to an hour) alike.
 			r, err := s.store.DeleteSigningKey(ctx, k.ID)
 			if err != nil {
 				return "", 0, fmt.Errorf("delete signing key %s: %w", k.ID, err)
