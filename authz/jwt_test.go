@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -297,6 +298,40 @@ func TestConcurrentRotationsLeaveOneSigningKey(t *testing.T) {
 					t.Fatalf("round %d: verify: %v", round, err)
 				}
 			}
+		}
+	}
+}
+
+// A retired key stays published while anything it signed may be valid:
+// sessions, and identity assertions of up to an hour even when sessions
+// are shorter. Then it is deleted.
+func TestRetiredKeysOutliveAssertions(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	cfg := testConfig()
+	cfg.SessionTTL = time.Minute
+	cfg.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	st := openStore(t, embeddedEndpoints(t), "")
+	svc := startService(t, st, cfg)
+	first := svc.PublicKeys()[0].ID
+	has := func(kid string) bool {
+		keys, err := st.SigningKeys(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(keys, func(k authz.SigningKey) bool { return k.ID == kid })
+	}
+	for _, step := range []struct {
+		after time.Duration
+		kept  bool
+	}{{0, true}, {30 * time.Minute, true}, {32 * time.Minute, false}} {
+		advance(step.after)
+		if _, _, err := svc.RotateSigningKey(bg); err != nil {
+			t.Fatal(err)
+		}
+		if has(first) != step.kept {
+			t.Fatalf("after %v more: key retired at the first rotation kept = %v, want %v", step.after, !step.kept, step.kept)
 		}
 	}
 }
