@@ -335,3 +335,28 @@ func TestRetiredKeysOutliveAssertions(t *testing.T) {
 		}
 	}
 }
+
+// The order of keys is the store's, not the clocks': a rotation on a
+// replica whose clock lags still makes its key the one every replica
+// signs with.
+func TestRotationOnALaggingClock(t *testing.T) {
+	prefix := newPrefix("skew")
+	a := startService(t, openStore(t, embeddedEndpoints(t), prefix), testConfig())
+	lagging := testConfig()
+	lagging.Now = func() time.Time { return time.Now().Add(-time.Hour) }
+	b := startService(t, openStore(t, embeddedEndpoints(t), prefix), lagging)
+	kid, _, err := b.RotateSigningKey(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, svc := range map[string]*authz.Service{"rotating replica": b, "other replica": a} {
+		eventually(t, 5*time.Second, name+" signs with the new key", func() bool {
+			tok, _, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: "agents/k", Scopes: []string{"*#admin"}, Type: authz.TokenTypeSession})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hdr, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+			return strings.Contains(string(hdr), `"kid":"`+kid+`"`)
+		})
+	}
+}

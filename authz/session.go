@@ -251,9 +251,14 @@ func (s *Service) PublicKeys() []PublicKey {
 	return out
 }
 
-// keyOlder orders signing keys by creation, then id: every replica signs
-// with the newest key that is not retired.
+// keyOlder orders signing keys by the store revision that created them
+// (then, for keys without one, by creation time and id): every replica
+// signs with the newest key that is not retired. Clocks do not decide, so
+// a rotation on a replica whose clock lags still makes the newest key.
 func keyOlder(a, b SigningKey) bool {
+	if a.Revision != b.Revision {
+		return a.Revision < b.Revision
+	}
 	if !a.CreatedAt.Equal(b.CreatedAt) {
 		return a.CreatedAt.Before(b.CreatedAt)
 	}
