@@ -202,7 +202,7 @@ func (s *Service) apply(c Change) {
 	case ChangeProgress:
 		// A progress notification at revision R means every change up to R
 		// has been delivered: the caches are current from here on.
-		s.watch.applied.Store(c.Revision)
+		s.watch.applied.Store(max(s.watch.applied.Load(), c.Revision))
 		if !s.watch.healthy.Swap(true) {
 			s.watch.readyOnce.Do(func() { close(s.watch.ready) })
 		}
@@ -223,7 +223,11 @@ func (s *Service) apply(c Change) {
 		default:
 		}
 	}
-	s.watch.applied.Store(c.Revision)
+	// Revision c.Revision may hold more changes (one transaction, several
+	// objects) still to come: only the revisions before it are complete.
+	// The store reports a progress at c.Revision once it has delivered
+	// them all. (apply runs on the watch goroutine alone.)
+	s.watch.applied.Store(max(s.watch.applied.Load(), c.Revision-1))
 	now := time.Now()
 	s.watch.lastEvent.Store(now.UnixNano())
 	if s.obs != nil && !c.CommittedAt.IsZero() {

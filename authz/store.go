@@ -339,7 +339,10 @@ type Store interface {
 
 	// Watch calls fn, in revision order and from one goroutine, for every
 	// change to grants, tokens, sessions, users, clients and signing keys
-	// committed after revision after, and for progress notifications, until
+	// committed after revision after, and for progress notifications (a
+	// progress at R: every change up to R was passed on; once the watch
+	// is current, one follows the changes of each revision, since one
+	// revision may change several objects), until
 	// ctx ends (it then returns ctx.Err()) or the watch fails: ErrCompacted
 	// when revision after+1 is no longer available, ErrUnavailable (wrapped)
 	// otherwise. Watch never restarts itself; the caller resumes from the
