@@ -11,12 +11,22 @@ import (
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/authz/authztest"
+	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
 var bg = context.Background()
 
 func TestSemanticsEmbedded(t *testing.T) {
 	authztest.Run(t, authztest.Env{NewService: func(t *testing.T) *authz.Service { return newService(t) }})
+}
+
+// The same table against a real etcd process (the distribution's etcd,
+// older than the client library), the other backend Portcullis supports.
+func TestSemanticsExternal(t *testing.T) {
+	endpoints := etcdtest.SharedExternal(t)
+	authztest.Run(t, authztest.Env{NewService: func(t *testing.T) *authz.Service {
+		return startService(t, etcdtest.NewStore(t, endpoints), testConfig())
+	}})
 }
 
 func mustUser(t testing.TB, svc *authz.Service, in authz.UserInput) authz.User {
