@@ -30,6 +30,10 @@ type assertionEntry struct {
 
 var assertionSeed = maphash.MakeSeed()
 
+// maxAssertionTTL bounds an assertion's lifetime; signing keys outlive
+// their retirement by at least this much (RotateSigningKey).
+const maxAssertionTTL = time.Hour
+
 // Assertion returns a short-lived JWT, signed with the session signing key
 // (so upstreams verify it offline against /.well-known/jwks.json), stating
 // acc's subject and the permission it was granted, for audience. Signing
@@ -42,7 +46,7 @@ func (s *Service) Assertion(ctx context.Context, acc Access, permission, audienc
 	if audience == "" || audience == s.cfg.Audience {
 		return "", fmt.Errorf("%w: assertion audience must be set and differ from the session audience %q", ErrInvalid, s.cfg.Audience)
 	}
-	if ttl <= 0 || ttl > time.Hour {
+	if ttl <= 0 || ttl > maxAssertionTTL {
 		return "", fmt.Errorf("%w: assertion lifetime %v: want (0, 1h]", ErrInvalid, ttl)
 	}
 	var h maphash.Hash

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"unicode/utf8"
 )
 
 // AddPermission makes resource hold grant: a permission (RESOURCE#LEVEL) or
@@ -108,6 +109,9 @@ func (s *Service) ResourcesWithPermission(ctx context.Context, grant, prefix str
 	}
 	if len(prefix) > MaxResourceLen {
 		return nil, invalid("resource name prefix", "too long")
+	}
+	if !utf8.ValidString(prefix) {
+		return nil, invalid("resource name prefix", "not valid UTF-8")
 	}
 	out, err := s.store.ResourcesWithGrant(ctx, g.String(), prefix)
 	if err != nil {

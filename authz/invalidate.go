@@ -42,6 +42,10 @@ type generations struct {
 	seed  maphash.Seed
 	epoch atomic.Uint64
 	slots [genSlots]atomic.Uint64
+	// changes counts bumps and flushes: store reads started while it had
+	// one value may be shared only by callers that saw the same value
+	// (see Service.coalesce).
+	changes atomic.Uint64
 }
 
 func (g *generations) slot(kind slotKind, key string) uint32 {
@@ -58,6 +62,7 @@ func (g *generations) capture(kind slotKind, key string) dep {
 
 func (g *generations) bump(kind slotKind, key string) {
 	g.slots[g.slot(kind, key)].Add(1)
+	g.changes.Add(1)
 }
 
 // valid reports whether nothing the entry depends on changed since it was read.
@@ -119,6 +124,7 @@ func (s *Service) Ready() <-chan struct{} { return s.watch.ready }
 // have missed changes; operators can call it too.
 func (s *Service) Flush() {
 	s.gens.epoch.Add(1)
+	s.gens.changes.Add(1)
 	s.tokens.Clear()
 	s.subjects.Clear()
 	s.resources.Clear()
@@ -196,7 +202,7 @@ func (s *Service) apply(c Change) {
 	case ChangeProgress:
 		// A progress notification at revision R means every change up to R
 		// has been delivered: the caches are current from here on.
-		s.watch.applied.Store(c.Revision)
+		s.watch.applied.Store(max(s.watch.applied.Load(), c.Revision))
 		if !s.watch.healthy.Swap(true) {
 			s.watch.readyOnce.Do(func() { close(s.watch.ready) })
 		}
@@ -217,7 +223,11 @@ func (s *Service) apply(c Change) {
 		default:
 		}
 	}
-	s.watch.applied.Store(c.Revision)
+	// Revision c.Revision may hold more changes (one transaction, several
+	// objects) still to come: only the revisions before it are complete.
+	// The store reports a progress at c.Revision once it has delivered
+	// them all. (apply runs on the watch goroutine alone.)
+	s.watch.applied.Store(max(s.watch.applied.Load(), c.Revision-1))
 	now := time.Now()
 	s.watch.lastEvent.Store(now.UnixNano())
 	if s.obs != nil && !c.CommittedAt.IsZero() {

@@ -6,7 +6,9 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -254,4 +256,107 @@ func FuzzSessionToken(f *testing.F) {
 			t.Fatalf("mutated token accepted: %q", tok)
 		}
 	})
+}
+
+// Replicas that rotate at the same moment (or start together on an empty
+// store, which is a rotation) must leave exactly one key to sign with, the
+// same for all: a rotation retires only keys older than its own.
+func TestConcurrentRotationsLeaveOneSigningKey(t *testing.T) {
+	a, b, st, _ := twoReplicas(t)
+	for round := 0; round < 20; round++ {
+		var wg sync.WaitGroup
+		for _, svc := range []*authz.Service{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, _, err := svc.RotateSigningKey(bg); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		keys, err := st.SigningKeys(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var active []string
+		for _, k := range keys {
+			if k.RetiredAt == nil {
+				active = append(active, k.ID)
+			}
+		}
+		if len(active) != 1 {
+			t.Fatalf("round %d: %d active signing keys %q, want 1", round, len(active), active)
+		}
+		for _, svc := range []*authz.Service{a, b} {
+			tok, _, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: "agents/r", Scopes: []string{"*#admin"}, Type: authz.TokenTypeSession})
+			if err != nil {
+				t.Fatalf("round %d: sign: %v", round, err)
+			}
+			for _, v := range []*authz.Service{a, b} {
+				if _, err := v.VerifyAccess(bg, tok, "", authz.VerifyOptions{NoCache: true}); err != nil {
+					t.Fatalf("round %d: verify: %v", round, err)
+				}
+			}
+		}
+	}
+}
+
+// A retired key stays published while anything it signed may be valid:
+// sessions, and identity assertions of up to an hour even when sessions
+// are shorter. Then it is deleted.
+func TestRetiredKeysOutliveAssertions(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	cfg := testConfig()
+	cfg.SessionTTL = time.Minute
+	cfg.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	st := openStore(t, embeddedEndpoints(t), "")
+	svc := startService(t, st, cfg)
+	first := svc.PublicKeys()[0].ID
+	has := func(kid string) bool {
+		keys, err := st.SigningKeys(bg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(keys, func(k authz.SigningKey) bool { return k.ID == kid })
+	}
+	for _, step := range []struct {
+		after time.Duration
+		kept  bool
+	}{{0, true}, {30 * time.Minute, true}, {32 * time.Minute, false}} {
+		advance(step.after)
+		if _, _, err := svc.RotateSigningKey(bg); err != nil {
+			t.Fatal(err)
+		}
+		if has(first) != step.kept {
+			t.Fatalf("after %v more: key retired at the first rotation kept = %v, want %v", step.after, !step.kept, step.kept)
+		}
+	}
+}
+
+// The order of keys is the store's, not the clocks': a rotation on a
+// replica whose clock lags still makes its key the one every replica
+// signs with.
+func TestRotationOnALaggingClock(t *testing.T) {
+	prefix := newPrefix("skew")
+	a := startService(t, openStore(t, embeddedEndpoints(t), prefix), testConfig())
+	lagging := testConfig()
+	lagging.Now = func() time.Time { return time.Now().Add(-time.Hour) }
+	b := startService(t, openStore(t, embeddedEndpoints(t), prefix), lagging)
+	kid, _, err := b.RotateSigningKey(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, svc := range map[string]*authz.Service{"rotating replica": b, "other replica": a} {
+		eventually(t, 5*time.Second, name+" signs with the new key", func() bool {
+			tok, _, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: "agents/k", Scopes: []string{"*#admin"}, Type: authz.TokenTypeSession})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hdr, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[0])
+			return strings.Contains(string(hdr), `"kid":"`+kid+`"`)
+		})
+	}
 }

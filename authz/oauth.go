@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // OAuth2 grant types.
@@ -86,8 +87,8 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 	if err := validateID("client_id", spec.ID); err != nil {
 		errs = append(errs, err)
 	}
-	if len(spec.Name) > 200 {
-		errs = append(errs, invalid("name", "longer than 200 bytes"))
+	if len(spec.Name) > 200 || !utf8.ValidString(spec.Name) {
+		errs = append(errs, invalid("name", "longer than 200 bytes or not valid UTF-8"))
 	}
 	if len(spec.GrantTypes) == 0 {
 		spec.GrantTypes = []string{GrantAuthorizationCode, GrantRefreshToken}
@@ -113,7 +114,8 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 		errs = append(errs, err)
 	}
 	if spec.Subject != "" {
-		if _, err := ParseResource(spec.Subject); err != nil {
+		// Stored canonical, like every subject (see IssueToken).
+		if spec.Subject, err = ParseResource(spec.Subject); err != nil {
 			errs = append(errs, fmt.Errorf("subject: %w", err))
 		}
 	}
@@ -141,7 +143,7 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 // never a fragment.
 func validateRedirectURI(raw string) error {
 	u, err := url.Parse(raw)
-	if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(raw, "#") || len(raw) > 2000 {
+	if err != nil || !u.IsAbs() || u.Fragment != "" || strings.Contains(raw, "#") || len(raw) > 2000 || !utf8.ValidString(raw) {
 		return invalid("redirect_uris", quote(raw)+" must be an absolute URI without a fragment")
 	}
 	switch {

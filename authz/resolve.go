@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -450,7 +451,13 @@ func (s *Service) roleGrants(ctx context.Context, resources []string, useCache b
 // coalesce runs fn once for concurrent callers with the same key. fn runs
 // detached from any one caller's cancellation (the store bounds each
 // request's time); each caller still stops waiting when its own ctx ends.
+//
+// Callers share a read only if no change was applied between their
+// arrivals: a caller that arrives after a revocation returned (which bumps
+// a generation before returning) must not get the answer of a read that
+// started before it, so the flight key carries the change count.
 func (s *Service) coalesce(ctx context.Context, key string, fn func(context.Context) (any, error)) (any, error) {
+	key += "@" + strconv.FormatUint(s.gens.changes.Load(), 10)
 	ch := s.flights.DoChan(key, func() (any, error) {
 		return fn(context.WithoutCancel(ctx))
 	})

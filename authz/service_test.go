@@ -11,12 +11,22 @@ import (
 
 	"github.com/portcullis/portcullis/authz"
 	"github.com/portcullis/portcullis/authz/authztest"
+	"github.com/portcullis/portcullis/store/etcdtest"
 )
 
 var bg = context.Background()
 
 func TestSemanticsEmbedded(t *testing.T) {
 	authztest.Run(t, authztest.Env{NewService: func(t *testing.T) *authz.Service { return newService(t) }})
+}
+
+// The same table against a real etcd process (the distribution's etcd,
+// older than the client library), the other backend Portcullis supports.
+func TestSemanticsExternal(t *testing.T) {
+	endpoints := etcdtest.SharedExternal(t)
+	authztest.Run(t, authztest.Env{NewService: func(t *testing.T) *authz.Service {
+		return startService(t, etcdtest.NewStore(t, endpoints), testConfig())
+	}})
 }
 
 func mustUser(t testing.TB, svc *authz.Service, in authz.UserInput) authz.User {
@@ -547,6 +557,14 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
+	otherSecret, _, _, err := svc.RegisterClient(bg, authz.ClientSpec{ID: "other", RedirectURIs: []string{redirect}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = svc.RequestToken(bg, authz.TokenRequest{GrantType: authz.GrantAuthorizationCode, Code: issue(), CodeVerifier: verifier, RedirectURI: redirect, ClientID: "other", ClientSecret: otherSecret})
+	if !errors.As(err, &oe) || oe.Code != "invalid_grant" {
+		t.Fatalf("code redeemed by another client: %v", err)
+	}
 	_, err = exchange(issue(), verifier, redirect, "bad-secret")
 	if !errors.As(err, &oe) || oe.Code != "invalid_client" {
 		t.Fatalf("bad client secret: %v", err)
@@ -562,6 +580,85 @@ func TestAuthorizationCodeFlow(t *testing.T) {
 	if !errors.As(err, &oe) {
 		t.Fatalf("plain PKCE accepted: %v", err)
 	}
+	for _, m := range []string{"", "S256"} {
+		_, err = svc.IssueAuthCode(bg, authz.AuthorizeRequest{ClientID: "webapp", RedirectURI: redirect, Subject: "users/" + u.ID, CodeChallengeMethod: m})
+		if !errors.As(err, &oe) || oe.Code != "invalid_request" {
+			t.Fatalf("code without a PKCE challenge (method %q): %v", m, err)
+		}
+	}
 	_, err = svc.IssueAuthCode(bg, authz.AuthorizeRequest{ClientID: "webapp", RedirectURI: "https://evil.example/callback", Subject: "users/" + u.ID, CodeChallenge: challenge, CodeChallengeMethod: "S256"})
 	wantErr(t, err, authz.ErrInvalid, "unregistered redirect")
+}
+
+// A token's subject is stored in canonical form, so a subject written
+// " users/<id>/" is still the user's: listed with its tokens, refused while
+// the user is disabled, and deleted with the user.
+func TestTokenSubjectIsCanonical(t *testing.T) {
+	t.Parallel()
+	svc := newService(t)
+	u := mustUser(t, svc, authz.UserInput{Username: "rhea", Password: "password1"})
+	sub := " /users/" + u.ID + ":"
+	tok, info, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: sub, Scopes: []string{"*#admin"}})
+	if err != nil || info.Subject != "users/"+u.ID {
+		t.Fatalf("issue with subject %q: %+v, %v", sub, info, err)
+	}
+	sess, _, _, err := svc.IssueToken(bg, authz.TokenSpec{Subject: sub, Scopes: []string{"*#admin"}, Type: authz.TokenTypeSession})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, c, _, err := svc.RegisterClient(bg, authz.ClientSpec{ID: "rhea-bot", Subject: sub, GrantTypes: []string{authz.GrantClientCredentials}}); err != nil || c.Subject != "users/"+u.ID {
+		t.Fatalf("client with subject %q: %+v, %v", sub, c, err)
+	}
+	if list, err := svc.ListAPITokens(bg, "users/"+u.ID); err != nil || len(list) != 1 || list[0].ID != info.ID {
+		t.Fatalf("tokens of users/%s = %+v, %v", u.ID, list, err)
+	}
+	if _, _, err := svc.UpdateUser(bg, u.ID, []byte(`{"disabled":true}`)); err != nil {
+		t.Fatal(err)
+	}
+	for name, tk := range map[string]string{"api": tok, "session": sess} {
+		_, err := svc.VerifyAccess(bg, tk, "", authz.VerifyOptions{})
+		wantErr(t, err, authz.ErrUnauthenticated, name+" token of a disabled user")
+	}
+	if _, err := svc.DeleteUser(bg, u.ID); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := svc.Introspect(bg, tok); err != nil || in.Active {
+		t.Fatalf("token of a deleted user: %+v, %v", in, err)
+	}
+}
+
+// Free text that the store keeps as JSON must be valid UTF-8: encoding/json
+// would replace invalid bytes silently, so what was stored would differ
+// from what was answered. It is refused, and nothing is written.
+func TestInvalidUTF8IsRefusedAndWritesNothing(t *testing.T) {
+	t.Parallel()
+	svc := newService(t)
+	u := mustUser(t, svc, authz.UserInput{Username: "sia", Email: "sia@example.com"})
+	for name, spec := range map[string]authz.TokenSpec{
+		"description": {Subject: "agents/u", Scopes: []string{"*#admin"}, Description: "ci\xff"},
+		"purpose":     {Subject: "agents/u", Scopes: []string{"*#admin"}, Purpose: "ci\xff"},
+	} {
+		_, _, _, err := svc.IssueToken(bg, spec)
+		wantErr(t, err, authz.ErrInvalid, "token "+name)
+	}
+	if list, err := svc.ListAPITokens(bg, "agents/u"); err != nil || len(list) != 0 {
+		t.Fatalf("refused tokens were stored: %+v, %v", list, err)
+	}
+	for name, spec := range map[string]authz.ClientSpec{
+		"name":         {ID: "u1", Name: "bot\xff", GrantTypes: []string{authz.GrantClientCredentials}},
+		"redirect_uri": {ID: "u2", RedirectURIs: []string{"https://app.example/cb\xff"}},
+	} {
+		_, _, _, err := svc.RegisterClient(bg, spec)
+		wantErr(t, err, authz.ErrInvalid, "client "+name)
+	}
+	if cs, err := svc.Clients(bg); err != nil || len(cs) != 0 {
+		t.Fatalf("refused clients were stored: %+v, %v", cs, err)
+	}
+	_, _, err := svc.UpdateUser(bg, u.ID, []byte("{\"email\":\"sia\xff@example.com\"}"))
+	wantErr(t, err, authz.ErrInvalid, "patch with invalid UTF-8")
+	if got, err := svc.User(bg, u.ID); err != nil || got.Email != "sia@example.com" {
+		t.Fatalf("user after a refused patch: %+v, %v", got, err)
+	}
+	_, err = svc.ResourcesWithPermission(bg, "x#read", "users/\xff")
+	wantErr(t, err, authz.ErrInvalid, "resource prefix with invalid UTF-8")
 }

@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -114,12 +115,7 @@ func (k *keyring) reload(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("load signing keys: %w", err)
 	}
-	sort.Slice(stored, func(i, j int) bool {
-		if !stored[i].CreatedAt.Equal(stored[j].CreatedAt) {
-			return stored[i].CreatedAt.Before(stored[j].CreatedAt)
-		}
-		return stored[i].ID < stored[j].ID
-	})
+	sort.Slice(stored, func(i, j int) bool { return keyOlder(stored[i], stored[j]) })
 	verify := make(map[string]verifyKey, len(stored))
 	var signKID, signAlg string
 	var signKey any
@@ -255,11 +251,30 @@ func (s *Service) PublicKeys() []PublicKey {
 	return out
 }
 
+// keyOlder orders signing keys by the store revision that created them
+// (then, for keys without one, by creation time and id): every replica
+// signs with the newest key that is not retired. Clocks do not decide, so
+// a rotation on a replica whose clock lags still makes the newest key.
+func keyOlder(a, b SigningKey) bool {
+	if a.Revision != b.Revision {
+		return a.Revision < b.Revision
+	}
+	if !a.CreatedAt.Equal(b.CreatedAt) {
+		return a.CreatedAt.Before(b.CreatedAt)
+	}
+	return a.ID < b.ID
+}
+
 // RotateSigningKey generates a new signing key, stores it and makes it the
 // one every replica signs with. Older keys are retired: they keep verifying
 // the tokens they signed until those expire, and keys retired for longer
 // than a session lifetime are deleted. It returns the new key id and the
 // store revision of the last change.
+//
+// Every key but the newest stored one is retired, the new key too if a
+// concurrent rotation (another replica starting on an empty store, say)
+// stored a newer one meanwhile: no rotation can retire the newest key, so
+// replicas rotating together always leave exactly one key to sign with.
 func (s *Service) RotateSigningKey(ctx context.Context) (string, Revision, error) {
 	if s.cfg.HMACSecret != nil {
 		return "", 0, invalid("signing key", "HS256 sessions use the configured secret; rotate it in the configuration")
@@ -289,9 +304,21 @@ func (s *Service) RotateSigningKey(ctx context.Context) (string, Revision, error
 	if err != nil {
 		return "", 0, fmt.Errorf("load signing keys: %w", err)
 	}
+	if len(existing) == 0 {
+		return "", 0, fmt.Errorf("load signing keys: the key just stored is gone")
+	}
+	newest := slices.MaxFunc(existing, func(a, b SigningKey) int {
+		if keyOlder(a, b) {
+			return -1
+		}
+		if keyOlder(b, a) {
+			return 1
+		}
+		return 0
+	})
 	for _, k := range existing {
 		switch {
-		case k.ID == kid:
+		case k.ID == newest.ID:
 		case k.RetiredAt == nil:
 			k.RetiredAt = &now
 			r, err := s.store.UpdateSigningKey(ctx, k)
@@ -299,7 +326,9 @@ func (s *Service) RotateSigningKey(ctx context.Context) (string, Revision, error
 				return "", 0, fmt.Errorf("retire signing key %s: %w", k.ID, err)
 			}
 			rev = max(rev, r)
-		case now.Sub(*k.RetiredAt) > s.cfg.SessionTTL+time.Minute:
+		case now.Sub(*k.RetiredAt) > max(s.cfg.SessionTTL, maxAssertionTTL)+time.Minute:
+			// Nothing it signed is still valid: sessions and identity
+			// assertions (up to an hour) alike.
 			r, err := s.store.DeleteSigningKey(ctx, k.ID)
 			if err != nil {
 				return "", 0, fmt.Errorf("delete signing key %s: %w", k.ID, err)

@@ -155,6 +155,10 @@ type SigningKey struct {
 	// RetiredAt is set once a newer key signs; the key keeps verifying until
 	// every token it signed has expired, then it is deleted.
 	RetiredAt *time.Time `json:"retired_at,omitempty"`
+	// Revision is the store revision that created the key, filled in by
+	// SigningKeys. It orders keys the same way on every replica, whatever
+	// their clocks say: the newest key is the one created last.
+	Revision Revision `json:"-"`
 }
 
 // SubjectSnapshot is everything a decision needs about a subject, read at one revision.
@@ -323,7 +327,8 @@ type Store interface {
 	// succeeded, so it was no failure). Unknown and expired ids are ignored.
 	ReturnLoginAttempt(ctx context.Context, account, id string) error
 
-	// SigningKeys returns every stored signing key, in no particular order.
+	// SigningKeys returns every stored signing key, in no particular
+	// order, each with the revision that created it.
 	SigningKeys(ctx context.Context) ([]SigningKey, error)
 	// AddSigningKey stores k; ErrConflict if a key with that id exists.
 	AddSigningKey(ctx context.Context, k SigningKey) (Revision, error)
@@ -334,7 +339,10 @@ type Store interface {
 
 	// Watch calls fn, in revision order and from one goroutine, for every
 	// change to grants, tokens, sessions, users, clients and signing keys
-	// committed after revision after, and for progress notifications, until
+	// committed after revision after, and for progress notifications (a
+	// progress at R: every change up to R was passed on; once the watch
+	// is current, one follows the changes of each revision, since one
+	// revision may change several objects), until
 	// ctx ends (it then returns ctx.Err()) or the watch fails: ErrCompacted
 	// when revision after+1 is no longer available, ErrUnavailable (wrapped)
 	// otherwise. Watch never restarts itself; the caller resumes from the

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // apiTokenPrefix marks Portcullis API tokens so secret scanners can find
@@ -90,15 +91,24 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (string, Token
 	if err != nil {
 		return "", TokenInfo{}, 0, err
 	}
-	if _, err := ParseResource(spec.Subject); err != nil {
+	// The canonical form is what is stored: user checks, listings and the
+	// cascade of DeleteUser find a token by its subject "users/<id>", so
+	// " users/<id>/" would outlive a disabled or deleted user.
+	subject, err := ParseResource(spec.Subject)
+	if err != nil {
 		return "", TokenInfo{}, 0, fmt.Errorf("token subject: %w", err)
 	}
+	spec.Subject = subject
 	if len(spec.Description) > maxDescriptionLen {
 		return "", TokenInfo{}, 0, invalid("description", fmt.Sprintf("longer than %d bytes", maxDescriptionLen))
 	}
+	// JSON (the store's encoding) would replace invalid UTF-8 silently.
+	if !utf8.ValidString(spec.Description) {
+		return "", TokenInfo{}, 0, invalid("description", "not valid UTF-8")
+	}
 	spec.Purpose = strings.TrimSpace(spec.Purpose)
-	if len(spec.Purpose) > maxPurposeLen || strings.ContainsFunc(spec.Purpose, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return "", TokenInfo{}, 0, invalid("token purpose", "at most 64 printable characters")
+	if len(spec.Purpose) > maxPurposeLen || !utf8.ValidString(spec.Purpose) || strings.ContainsFunc(spec.Purpose, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "", TokenInfo{}, 0, invalid("token purpose", "at most 64 printable characters of valid UTF-8")
 	}
 	now := s.now().UTC().Truncate(time.Millisecond)
 	if spec.ExpiresAt != nil && !spec.ExpiresAt.After(now) {

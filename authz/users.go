@@ -338,6 +338,10 @@ func (s *Service) UpdateUser(ctx context.Context, id string, patch []byte) (User
 	if err := validateID("user id", id); err != nil {
 		return User{}, 0, err
 	}
+	// encoding/json would replace invalid UTF-8 silently.
+	if !utf8.Valid(patch) {
+		return User{}, 0, invalid("patch", "not valid UTF-8")
+	}
 	var fields map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(patch))
 	if err := dec.Decode(&fields); err != nil || fields == nil {

@@ -17,9 +17,10 @@ const Subject = "agents/tester"
 
 // Outcomes of a check.
 const (
-	Allow   = "allow"
-	Deny    = "deny"    // ErrPermissionDenied
-	Invalid = "invalid" // ErrInvalid
+	Allow           = "allow"
+	Deny            = "deny"            // ErrPermissionDenied
+	Invalid         = "invalid"         // ErrInvalid
+	Unauthenticated = "unauthenticated" // ErrUnauthenticated
 )
 
 // Grant is one grant set up before a case runs.
@@ -29,6 +30,18 @@ type Grant struct{ Resource, Grant string }
 type Check struct {
 	Permission string
 	Want       string
+}
+
+// TokenCheck verifies Permission with another Token than the case's.
+type TokenCheck struct {
+	Token, Permission, Want string
+}
+
+// AccessCheck expects verifying Permission with the case's token to be
+// allowed with an AuthorizedAccess naming the case's subject and Resource
+// and Level: those of the requested permission, in canonical form.
+type AccessCheck struct {
+	Permission, Resource, Level string
 }
 
 // Removal is a remove_permission call and what the resource holds afterwards.
@@ -59,6 +72,8 @@ type Case struct {
 	// Scopes of the token; nil means the unrestricted ["*#admin"].
 	Scopes    []string
 	Checks    []Check
+	Tokens    []TokenCheck
+	Accesses  []AccessCheck
 	Removals  []Removal
 	After     []Check // checks after the removals
 	Lists     []List
@@ -120,6 +135,23 @@ var Cases = []Case{
 	{
 		Name:   "no permission asked: a valid token is enough",
 		Checks: []Check{{"", Allow}},
+	},
+	{
+		Name:   "an invalid token is unauthenticated, with or without a permission",
+		Grants: []Grant{{Subject, "*#admin"}},
+		Tokens: []TokenCheck{
+			{"pct_no-such-token", "", Unauthenticated},
+			{"pct_no-such-token", "projects/a#read", Unauthenticated},
+			{"eyJhbGciOiJub25lIn0.eyJzdWIiOiJhZ2VudHMvdGVzdGVyIn0.", "projects/a#read", Unauthenticated},
+		},
+	},
+	{
+		Name:   "AuthorizedAccess names the requested resource and level, canonical",
+		Grants: []Grant{{Subject, "projects#admin"}},
+		Accesses: []AccessCheck{
+			{"projects/a/b#read", "projects/a/b", "read"},
+			{" /projects/a:x/ # WRITE", "projects/a:x", "write"},
+		},
 	},
 	{
 		Name:   "nothing granted: denied",
@@ -206,6 +238,23 @@ var Cases = []Case{
 		After: []Check{{"a#read", Deny}, {"d#read", Allow}},
 	},
 	{
+		Name:   "remove a write grant with sub-permissions: lower and equal levels below it go, higher stay",
+		Grants: []Grant{{Subject, "p#write"}, {Subject, "p/x#read"}, {Subject, "p/y#write"}, {Subject, "p/z#admin"}, {Subject, "q#read"}, {Subject, "p"}},
+		Removals: []Removal{{
+			Resource: Subject, Permission: "p#write", Sub: true,
+			Remaining: []string{"p/z#admin", "q#read", "p"},
+		}},
+		After: []Check{{"p/x#read", Deny}, {"p/z#admin", Allow}},
+	},
+	{
+		Name:   "removing a grant the resource does not hold is no error",
+		Grants: []Grant{{Subject, "p#read"}},
+		Removals: []Removal{
+			{Resource: Subject, Permission: "q#read", Remaining: []string{"p#read"}},
+			{Resource: "agents/nobody", Permission: "q#read", Sub: true, Remaining: []string{}},
+		},
+	},
+	{
 		Name:   "remove without sub-permissions removes only the exact grant",
 		Grants: []Grant{{Subject, "projects#read"}, {Subject, "projects/x#read"}},
 		Checks: []Check{{"projects/z#read", Allow}},
@@ -246,6 +295,14 @@ var Cases = []Case{
 			{"projects/p#read", "users/", []string{"users/a", "users/b"}},
 			{"projects/p#write", "", []string{"users/d"}},
 			{"projects/q#read", "", []string{}},
+		},
+	},
+	{
+		Name:   "list_resources_with_permission of a role reference, given in any form",
+		Grants: []Grant{{"users/a", "roles/viewer"}, {"users/b", "roles/viewer"}, {"users/c", "roles/viewer/x"}, {"users/d", "roles/viewer#read"}},
+		Resources: []Resources{
+			{"roles/viewer", "", []string{"users/a", "users/b"}},
+			{"/roles/viewer/", "users/b", []string{"users/b"}},
 		},
 	},
 	{
@@ -302,6 +359,23 @@ func runCase(t *testing.T, svc *authz.Service, c Case) {
 		}
 	}
 	check("before", c.Checks)
+	for _, tc := range c.Tokens {
+		for i := 0; i < 2; i++ {
+			_, err := svc.VerifyAccess(ctx, tc.Token, tc.Permission, authz.VerifyOptions{})
+			if got := outcome(err); got != tc.Want {
+				t.Errorf("verify %q with token %q (try %d) = %s (%v), want %s", tc.Permission, tc.Token, i+1, got, err, tc.Want)
+			}
+		}
+	}
+	for _, ac := range c.Accesses {
+		for i := 0; i < 2; i++ {
+			acc, err := svc.VerifyAccess(ctx, token, ac.Permission, authz.VerifyOptions{})
+			if err != nil || acc.Subject != Subject || acc.Resource != ac.Resource || acc.Level != ac.Level {
+				t.Errorf("verify %q (try %d) = subject %q resource %q level %q (%v), want %q %q %q",
+					ac.Permission, i+1, acc.Subject, acc.Resource, acc.Level, err, Subject, ac.Resource, ac.Level)
+			}
+		}
+	}
 	for _, r := range c.Removals {
 		_, err := svc.RemovePermission(ctx, r.Resource, r.Permission, r.Sub)
 		if got := outcomeWrite(err); got != r.Want {
@@ -346,6 +420,8 @@ func outcome(err error) string {
 		return Deny
 	case errors.Is(err, authz.ErrInvalid):
 		return Invalid
+	case errors.Is(err, authz.ErrUnauthenticated):
+		return Unauthenticated
 	}
 	return "error: " + err.Error()
 }

@@ -286,7 +286,7 @@ func portcullis(ctx context.Context, log *slog.Logger, o portcullisOptions) (h h
 		closers = append(closers, func() { os.RemoveAll(dir) })
 		etcd, err := embedetcd.Start(ctx, embedetcd.Config{DataDir: dir, Logger: log})
 		if err != nil {
-			return nil, "", closeFn, fmt.Errorf("start embedded etcd: %w", err)
+			return nil, "", closeFn, err // it says "start embedded etcd: …" itself
 		}
 		closers = append(closers, func() { etcd.Close() })
 		endpoints = etcd.Endpoints()

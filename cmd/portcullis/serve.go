@@ -129,7 +129,7 @@ func serve(ctx context.Context, cfg Config, logOut io.Writer) error {
 		}
 		srv, err := embedetcd.Start(startCtx, embedetcd.Config{DataDir: dir, Logger: log})
 		if err != nil {
-			return fmt.Errorf("start embedded etcd: %w", err)
+			return err // it says "start embedded etcd: …" itself
 		}
 		defer srv.Close()
 		endpoints = srv.Endpoints()

@@ -152,7 +152,7 @@ func TestSecondProcessOnSameDataDirFailsFast(t *testing.T) {
 	if took := time.Since(start); took > 10*time.Second {
 		t.Fatalf("second process took %v to fail", took)
 	}
-	if !strings.Contains(string(out), "already in use") {
+	if !strings.Contains(string(out), "already in use") || strings.Count(string(out), "start embedded etcd") != 1 {
 		t.Fatalf("unclear message:\n%s", out)
 	}
 }

@@ -239,6 +239,7 @@ func (s *Store) SigningKeys(ctx context.Context) ([]authz.SigningKey, error) {
 		if err := decode(kv.Value, &k, string(kv.Key)); err != nil {
 			return nil, err
 		}
+		k.Revision = kv.CreateRevision
 		out = append(out, k)
 	}
 	return out, nil

@@ -123,6 +123,10 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 	var (
 		lastRev int64
 		seen    = map[authz.Change]bool{}
+		// current is set once a progress notification said the watch
+		// has caught up; from then on, every response's last revision
+		// is complete when its events have been passed on.
+		current bool
 	)
 	for resp := range wch {
 		heard.Store(time.Now().UnixNano())
@@ -152,6 +156,7 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 			continue
 		}
 		if resp.IsProgressNotify() {
+			current = true
 			first := false
 			progressOnce.Do(func() {
 				first = true
@@ -171,10 +176,12 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 			continue
 		}
 		stamps := commitStamps(resp.Events)
+		var done int64 // the newest revision of this response
 		for _, ev := range resp.Events {
 			if ev.Kv.ModRevision <= after {
 				continue // the caller saw it; we only started early (see Watch)
 			}
+			done = max(done, ev.Kv.ModRevision)
 			c, ok := change(string(ev.Kv.Key))
 			if !ok {
 				continue
@@ -191,6 +198,13 @@ func (s *Store) watch(ctx context.Context, start, after authz.Revision, fn func(
 			c.CommittedAt = stamps.at(c.Revision)
 			c.Revocation = revocation(c.Kind, ev.Type == mvccpb.DELETE)
 			fn(c)
+		}
+		// etcd never splits a revision across responses (without
+		// WithFragment), so every change up to done has now been passed
+		// on: say so, so that a consumer knows the last transaction is
+		// complete without waiting for etcd's next notification.
+		if current && done > 0 {
+			fn(authz.Change{Kind: authz.ChangeProgress, Revision: done})
 		}
 	}
 	if ctx.Err() != nil {

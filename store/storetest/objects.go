@@ -219,6 +219,11 @@ func testSigningKeys(t *testing.T, newStore func(*testing.T) authz.Store) {
 	if byID["k2"].RetiredAt != nil {
 		t.Errorf("k2 retired by another key's update")
 	}
+	// The creating revision orders keys (k2 was added after k1); an
+	// update does not change it.
+	if r1, r2 := byID["k1"].Revision, byID["k2"].Revision; r1 <= 0 || r2 <= r1 {
+		t.Errorf("key revisions k1 %d, k2 %d: want 0 < k1 < k2", r1, r2)
+	}
 
 	must(s.DeleteSigningKey(ctx, "k1"))(t)
 	must(s.DeleteSigningKey(ctx, "k1"))(t) // absent keys are ignored
