@@ -104,6 +104,9 @@ func (s *Service) RegisterClient(ctx context.Context, spec ClientSpec) (string, 
 	if slices.Contains(spec.GrantTypes, GrantAuthorizationCode) && len(spec.RedirectURIs) == 0 {
 		errs = append(errs, invalid("redirect_uris", "required for the authorization_code grant"))
 	}
+	if len(spec.RedirectURIs) > maxRedirectURIs {
+		errs = append(errs, invalid("redirect_uris", fmt.Sprintf("more than %d", maxRedirectURIs)))
+	}
 	for _, u := range spec.RedirectURIs {
 		if err := validateRedirectURI(u); err != nil {
 			errs = append(errs, err)
@@ -248,6 +251,10 @@ func (s *Service) RequestToken(ctx context.Context, req TokenRequest) (TokenResp
 		return TokenResponse{}, oauthError("unsupported_grant_type", "grant type "+quote(req.GrantType)+" is not supported")
 	}
 }
+
+// maxRedirectURIs bounds a client's registered redirect URIs; real
+// clients have a handful.
+const maxRedirectURIs = 20
 
 // dummySecretDigest is compared against when a client id is unknown, so
 // timing does not reveal which clients exist.

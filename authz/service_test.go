@@ -435,6 +435,27 @@ func TestBadInputWritesNothing(t *testing.T) {
 	if err != nil || len(got) != 0 {
 		t.Fatalf("bad input wrote %q (%v)", got, err)
 	}
+	// Lists are bounded wherever they enter a stored record.
+	many := make([]string, 101)
+	for i := range many {
+		many[i] = fmt.Sprintf("projects/p%d#read", i)
+	}
+	_, _, _, err = svc.IssueToken(bg, authz.TokenSpec{Subject: "users/x", Scopes: many})
+	wantErr(t, err, authz.ErrInvalid, "a token with 101 scopes")
+	_, _, _, err = svc.RegisterClient(bg, authz.ClientSpec{ID: "wide", GrantTypes: []string{authz.GrantClientCredentials}, Scopes: many})
+	wantErr(t, err, authz.ErrInvalid, "a client with 101 scopes")
+	uris := make([]string, 21)
+	for i := range uris {
+		uris[i] = fmt.Sprintf("https://app.example/cb%d", i)
+	}
+	_, _, _, err = svc.RegisterClient(bg, authz.ClientSpec{ID: "hooks", RedirectURIs: uris})
+	wantErr(t, err, authz.ErrInvalid, "a client with 21 redirect URIs")
+	if clients, err := svc.Clients(bg); err != nil || len(clients) != 0 {
+		t.Fatalf("refused clients were written: %v, %v", clients, err)
+	}
+	if _, _, _, err := svc.RegisterClient(bg, authz.ClientSpec{ID: "hooks", RedirectURIs: uris[:20], Scopes: many[:100]}); err != nil {
+		t.Fatalf("20 redirect URIs and 100 scopes: %v", err)
+	}
 }
 
 func TestExplain(t *testing.T) {

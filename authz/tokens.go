@@ -153,6 +153,11 @@ func (s *Service) IssueToken(ctx context.Context, spec TokenSpec) (string, Token
 }
 
 func canonicalScopes(in []string) ([]string, error) {
+	// One bound for every way in (tokens, clients, codes), so no record
+	// grows past what a token's scopes may hold.
+	if len(in) > maxScopes {
+		return nil, invalid("scope", fmt.Sprintf("more than %d scopes", maxScopes))
+	}
 	out := make([]string, 0, len(in))
 	for _, sc := range in {
 		p, err := ParsePermission(sc)
