@@ -272,6 +272,9 @@ func (s *Server) introspect(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	if form.Get("token") == "" {
+		return oauthInvalid("invalid_request", "token is required") // RFC 7662 §2.1
+	}
 	in, err := s.svc.Introspect(c.Request().Context(), form.Get("token"))
 	if err != nil {
 		return err

@@ -751,6 +751,10 @@ func TestRevokeAndIntrospectSemantics(t *testing.T) {
 			t.Fatalf("introspect(%q) = %v, want exactly {\"active\": false}", bad, got)
 		}
 	}
+	// The token parameter is required (RFC 7662 §2.1), as at revocation.
+	for _, path := range []string{"/auth/oauth/introspect", "/auth/oauth/revoke"} {
+		a.expect(a.do("POST", path, strings.NewReader(url.Values{"token_type_hint": {"access_token"}}.Encode()), ct(admin)), 400, path+" without a token")
+	}
 	// Someone else's valid token: not revocable by eve.
 	a.expect(a.do("POST", "/auth/oauth/revoke", strings.NewReader(url.Values{"token": {rootSession}}.Encode()), ct(eve)), 403, "revoke another subject's token")
 	a.expect(a.do("GET", "/users/me", nil, bearer(rootSession)), 200, "still valid")
