@@ -194,32 +194,25 @@ func entityWithDefaults(e, top *authzenEntity) *authzenEntity {
 	return &out
 }
 
+// missingMembers names what an entity lacks of its required type and id.
+func missingMembers(name string, e *authzenEntity) []string {
+	if e == nil {
+		return []string{name}
+	}
+	var missing []string
+	if e.Type == "" {
+		missing = append(missing, name+".type")
+	}
+	if e.ID == "" {
+		missing = append(missing, name+".id")
+	}
+	return missing
+}
+
 // validateAuthZEN checks the members §5 and §6.1 require: subject (type,
 // id), resource (type, id) and action (name).
 func validateAuthZEN(r authzenRequest) error {
-	var missing []string
-	switch {
-	case r.Subject == nil:
-		missing = append(missing, "subject")
-	default:
-		if r.Subject.Type == "" {
-			missing = append(missing, "subject.type")
-		}
-		if r.Subject.ID == "" {
-			missing = append(missing, "subject.id")
-		}
-	}
-	switch {
-	case r.Resource == nil:
-		missing = append(missing, "resource")
-	default:
-		if r.Resource.Type == "" {
-			missing = append(missing, "resource.type")
-		}
-		if r.Resource.ID == "" {
-			missing = append(missing, "resource.id")
-		}
-	}
+	missing := append(missingMembers("subject", r.Subject), missingMembers("resource", r.Resource)...)
 	switch {
 	case r.Action == nil:
 		missing = append(missing, "action")
