@@ -82,6 +82,18 @@ func inBrowser[T any](t *testing.T, ctx context.Context, what string, a chromedp
 	return v
 }
 
+// browserSteps returns a function that runs steps in ctx's tab, failing
+// the test with the page's HTML when one does not complete.
+func browserSteps(t *testing.T, ctx context.Context) func(what string, steps ...chromedp.Action[chromedp.Void]) {
+	return func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		inBrowser(t, ctx, what, chromedp.Steps(steps...))
+	}
+}
+
+// css selects elements by a CSS selector.
+func css(selector string) chromedp.CSS { return chromedp.CSS(selector) }
+
 // A person signs in, creates an API token on the account page, uses it
 // against the API, revokes it and signs out, in a real browser.
 func TestBrowserSignInTokenLifecycleSignOut(t *testing.T) {
@@ -94,11 +106,7 @@ func TestBrowserSignInTokenLifecycleSignOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := chromium(t)
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		inBrowser(t, ctx, what, chromedp.Steps(steps...))
-	}
-	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do := browserSteps(t, ctx)
 
 	// The account page sends a stranger to sign in, and back after.
 	do("open the account page", chromedp.Navigate(a.url+"/auth/account"), chromedp.WaitVisible(css("#login-form")))
@@ -204,11 +212,7 @@ func TestBrowserAuthorizationCodeWithConsent(t *testing.T) {
 	verifier := oauth2.GenerateVerifier()
 
 	ctx := chromium(t)
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		inBrowser(t, ctx, what, chromedp.Steps(steps...))
-	}
-	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do := browserSteps(t, ctx)
 	do("start the authorization", chromedp.Navigate(cfg.AuthCodeURL("state-1", oauth2.S256ChallengeOption(verifier))),
 		chromedp.WaitVisible(css("#login-form")))
 	do("sign in",

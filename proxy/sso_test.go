@@ -728,11 +728,7 @@ func TestBrowserSSOSignIn(t *testing.T) {
 	e := newSSO(t, proxy.OIDCProvider{OpenRegistration: true, RoleMapping: ssoMapping}, proxy.Config{})
 	e.op.set(func(o *testOP) { o.groups["sub-alice"] = []string{"devs"} })
 	ctx := chromium(t)
-	do := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		inBrowser(t, ctx, what, chromedp.Steps(steps...))
-	}
-	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	do := browserSteps(t, ctx)
 	do("open the account page", chromedp.Navigate(e.url+"/auth/account"), chromedp.WaitVisible(css("#sso-testop")))
 	do("choose the provider", chromedp.Click(css("#sso-testop")), chromedp.WaitVisible(css("#username")))
 	if loc := inBrowser(t, ctx, "location", chromedp.Location()); !strings.HasPrefix(loc, e.op.issuer+"/login/") {
